@@ -1,0 +1,236 @@
+"""Command line: dmrnet train | evaluate | predict | datasets."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from dmrnet.errors import DataError, DmrnetError
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dmrnet.config import apply_overrides, parse_config, read_yaml
+    from dmrnet.runs import load_run_config, train
+
+    if args.resume:
+        if args.config or args.set:
+            raise DmrnetError("--resume continues a run with its stored config: give only RUN_DIR")
+        run_dir = Path(args.resume)
+        config = load_run_config(run_dir)
+    else:
+        if not args.config:
+            raise DmrnetError("give a CONFIG file (or --resume RUN_DIR)")
+        overrides = list(args.set)
+        if args.devices is not None:
+            overrides.append(f"train.devices={args.devices}")
+        if args.strategy is not None:
+            overrides.append(f"train.strategy={args.strategy}")
+        config = parse_config(apply_overrides(read_yaml(args.config), overrides), args.config)
+        run_dir = Path(args.run_dir or Path("runs") / (config.name or Path(args.config).stem))
+    report = train(config, run_dir, data_root=args.data_root, resume=bool(args.resume))
+    if report is not None:
+        _console().print(report.rich_table())
+        print(f"results written to {run_dir}/results.json (.csv, .md, .png)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dmrnet.runs import evaluate_run
+
+    combinations = (
+        [c for part in args.combinations for c in part.split(",") if c.strip()]
+        if args.combinations
+        else None
+    )
+    report = evaluate_run(
+        args.path,
+        split=args.split,
+        combinations=combinations,
+        data_root=args.data_root,
+        out_dir=args.out,
+    )
+    _console().print(report.rich_table())
+    return 0
+
+
+def read_input_file(path: Path) -> dict[str, Any]:
+    """Modalities for `predict` from .npz or .mat (one key per modality, samples as rows)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such input file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+        if suffix == ".mat":
+            import scipy.io
+
+            data = scipy.io.loadmat(path)
+            return {k: v for k, v in data.items() if not k.startswith("__")}
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read input file: {error}") from None
+    raise DataError(f"{path}: unsupported input format {suffix!r}; use .npz or .mat")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dmrnet.api import load
+
+    predictor = load(args.run_dir)
+    arrays = read_input_file(Path(args.input))
+    names = predictor.modalities.names
+    ignored = sorted(set(arrays) - set(names))
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k in names}
+    if not arrays:
+        raise DataError(
+            f"{args.input}: none of its keys {ignored} is a modality of this model "
+            f"({'+'.join(names)})"
+        )
+    prediction = predictor.predict(arrays)
+    class_names = predictor.spec.class_names
+    out = Path(args.out) if args.out else None
+    handle = out.open("w", newline="") if out else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "prediction", "probability", "variance", "modalities"])
+        for i in range(prediction.labels.shape[0]):
+            label = int(prediction.labels[i])
+            writer.writerow(
+                [
+                    i,
+                    class_names[label] if class_names else label,
+                    f"{float(prediction.probabilities[i, label]):.4f}",
+                    "" if prediction.variance is None else f"{float(prediction.variance[i]):.5f}",
+                    predictor.modalities.format(
+                        predictor.modalities.combination_of(prediction.present[i])
+                    ),
+                ]
+            )
+    finally:
+        if out:
+            handle.close()
+    if out:
+        print(f"{prediction.labels.shape[0]} predictions written to {out}")
+    if ignored:
+        print(f"ignored keys that are not modalities: {', '.join(ignored)}", file=sys.stderr)
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from dmrnet.data import DATASETS, DataStore
+
+    store = DataStore(args.data_root)
+    table = Table(title="dmrnet datasets")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("files")
+    for name in DATASETS.names():
+        entry = DATASETS.get(name)
+        if entry.files:
+            found = [store.locate(f) for f in entry.files]
+            status = f"{sum(p is not None for p in found)}/{len(found)} present"
+        else:
+            status = "user-provided"
+        table.add_row(name, entry.description, status)
+    _console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmrnet",
+        description="Robust multimodal learning under missing modalities (DMRNet, ECCV 2024).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a config, then evaluate every modality combination on the test split",
+        description="Train CONFIG into a run directory (config, checkpoints, logs), then "
+        "evaluate every modality combination on the test split.",
+    )
+    train.add_argument("config", nargs="?", help="YAML config, e.g. configs/handwritten/dmrnet.yaml")
+    train.add_argument("--run-dir", help="output directory (default: runs/<config name>)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.kl_weight=0.01 (repeatable)",
+    )
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
+    train.add_argument("--devices", help="Lightning devices, e.g. 2 (same as --set train.devices)")
+    train.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a trained run on every (or given) modality combination",
+        description="Evaluate RUN_DIR_OR_CHECKPOINT; writes results.json/.csv/.md/.png.",
+    )
+    evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument(
+        "--combinations",
+        nargs="+",
+        metavar="COMB",
+        help="combinations such as pix+fou (default: all 2^M - 1)",
+    )
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
+    evaluate.add_argument("--out", help="output folder (default: the run directory)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict from an input file holding any subset of modalities",
+        description="INPUT_FILE is .npz or .mat with one array per modality (samples as rows); "
+        "absent keys are missing modalities, an all-NaN row marks one sample's modality missing.",
+    )
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("input", metavar="INPUT_FILE")
+    predict.add_argument("--out", help="CSV output file (default: standard output)")
+    predict.set_defaults(func=cmd_predict)
+
+    datasets = commands.add_parser(
+        "datasets", help="list registered datasets and whether their files are present"
+    )
+    datasets.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
+    datasets.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except DmrnetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with: dmrnet train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Typed run configuration: YAML files, dotted overrides, errors that name the key.
+
+A run is described by one `Config`: `data` (which dataset and its options), `model` (the method
+and its network; each method extends `ModelConfig` with its own fields), `train` (optimizer,
+schedule, devices) and `eval`. Unknown keys and bad values are rejected with the dotted key.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from dmrnet.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Strict):
+    name: str
+    root: str | None = Field(None, description="read-only data mirror; default: $DMRNET_DATA")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    options: dict[str, Any] = Field(default_factory=dict)
+    num_workers: int = Field(0, ge=0)
+
+
+class EncoderConfig(Strict):
+    name: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplerConfig(Strict):
+    """Training-time modality dropout (see dmrnet.modalities.CombinationSampler)."""
+
+    kind: Literal["uniform", "independent", "fixed", "full"] = "uniform"
+    p: float = Field(0.5, ge=0.0, lt=1.0)
+    combination: str | None = None
+
+
+HCRRule = Literal["none", "unimodal-max", "fixed", "incomplete", "variance-by-size", "loss-topk"]
+
+
+class HCRConfig(Strict):
+    """Hard-combination regularizer (see dmrnet.methods.hcr)."""
+
+    rule: HCRRule = "none"
+    weight: float = Field(0.2, ge=0.0, description="beta")
+    warmup_epochs: int = Field(6, ge=1, description="statistics epochs before HCR switches on")
+    k: int = Field(1, ge=1, description="how many combinations the top-k rules pick")
+    combinations: list[str] = Field(default_factory=list, description="for rule 'fixed'")
+    reselect: bool = Field(False, description="re-pick hard combinations every epoch")
+
+
+class ModelConfig(Strict):
+    """Fields shared by every method; methods subclass it with their own."""
+
+    method: str
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    encoders: dict[str, EncoderConfig] = Field(
+        default_factory=dict, description="per-modality encoder overrides"
+    )
+    feature_dim: int = Field(128, ge=1, description="each encoder's output size")
+    embed_dim: int = Field(128, ge=1, description="fused embedding size")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    hcr: HCRConfig = Field(default_factory=HCRConfig)
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0.0)
+
+
+class SchedulerConfig(Strict):
+    name: Literal["none", "step", "multistep", "cosine"] = "cosine"
+    step_size: int = Field(70, ge=1)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0.0)
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/10")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    precision: str = "32-true"
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    gradient_clip: float | None = Field(None, gt=0.0)
+    deterministic: bool = False
+    log_every_n_steps: int = Field(10, ge=1)
+    progress_bar: bool = True
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(256, ge=1)
+    combinations: list[str] | None = Field(None, description="default: all 2^M - 1")
+    availability_p: float = Field(0.5, gt=0.0, lt=1.0, description="for the expected summary")
+
+
+class Config(Strict):
+    name: str | None = None
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+@functools.cache
+def _config_class(method: str) -> type[Config]:
+    """`Config` whose `model` field has the method's own schema."""
+    from dmrnet.methods import METHODS
+
+    model_class = METHODS.get(method).config_class
+    return create_model(f"Config[{method}]", __base__=Config, model=(model_class, ...))
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return f"{source}: invalid config\n  " + "\n  ".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a config dict; errors name the dotted key (and the file, as `source`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    model = raw.get("model")
+    if not isinstance(model, dict) or "method" not in model:
+        raise ConfigError(f"{source}: model.method: required key is missing")
+    try:
+        config_class = _config_class(str(model["method"]))
+    except LookupError as error:
+        raise ConfigError(f"{source}: model.method: {error}") from None
+    try:
+        return config_class.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (`1e-3`, `[a, b]`, `true`)."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. train.epochs=10")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML: {error}") from None
+        node = raw
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {override!r}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return raw if raw is not None else {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_config(raw, source=str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

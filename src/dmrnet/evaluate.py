@@ -1,0 +1,308 @@
+"""Every-combination evaluation and its reports.
+
+Encoders run once per batch; `decode_many` then decodes all requested combinations from the same
+features, so evaluating all 2^M - 1 combinations costs about one forward pass. A sample counts
+for a combination only if it really has every modality the combination uses (real missingness).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dmrnet.metrics import summarize
+from dmrnet.modalities import Combination, ModalitySet
+
+RESULT_FILES = ("results.json", "results.csv", "results.md", "results.png")
+
+
+@dataclass
+class CombinationResult:
+    combination: Combination
+    name: str
+    samples: int
+    metrics: dict[str, float]
+    variance: float | None = None  # mean embedding variance over the samples
+
+
+@dataclass
+class EvaluationReport:
+    dataset: str
+    method: str
+    split: str
+    modalities: ModalitySet
+    metric: str  # headline metric
+    higher_is_better: dict[str, bool]
+    results: list[CombinationResult]
+    availability_p: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def values(self, metric: str | None = None) -> list[float]:
+        metric = metric or self.metric
+        return [r.metrics[metric] for r in self.results]
+
+    def summary(self, metric: str | None = None) -> dict[str, float | None]:
+        metric = metric or self.metric
+        return summarize(
+            self.values(metric),
+            [r.combination for r in self.results],
+            self.modalities,
+            higher_is_better=self.higher_is_better[metric],
+            availability_p=self.availability_p,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results.json schema of shared/DESIGN.md section 3 (values are fractions)."""
+        data: dict[str, Any] = {
+            "dataset": self.dataset,
+            "method": self.method,
+            "split": self.split,
+            "metric": self.metric,
+            "modalities": list(self.modalities.names),
+            "combinations": {r.name: r.metrics[self.metric] for r in self.results},
+            "summary": self.summary(),
+            "samples": {r.name: r.samples for r in self.results},
+            "variance": {r.name: r.variance for r in self.results if r.variance is not None},
+        }
+        if len(self.higher_is_better) > 1:
+            data["metrics"] = {
+                metric: {
+                    "combinations": {r.name: r.metrics[metric] for r in self.results},
+                    "summary": self.summary(metric),
+                    "higher_is_better": self.higher_is_better[metric],
+                }
+                for metric in self.higher_is_better
+            }
+        data.update(self.extra)
+        return data
+
+    def write(self, directory: str | Path) -> list[Path]:
+        """Write results.json, .csv, .md and a .png plot into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [directory / name for name in RESULT_FILES]
+        paths[0].write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        self._write_csv(paths[1])
+        paths[2].write_text(self.markdown())
+        plot_report(self, paths[3])
+        return paths
+
+    def _write_csv(self, path: Path) -> None:
+        metrics = list(self.higher_is_better)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["combination", "size", "samples", *metrics, "variance"])
+            for r in self.results:
+                writer.writerow(
+                    [r.name, len(r.combination), r.samples]
+                    + [f"{r.metrics[m]:.6f}" for m in metrics]
+                    + ["" if r.variance is None else f"{r.variance:.6f}"]
+                )
+
+    def markdown(self) -> str:
+        lines = [
+            f"# {self.method} on {self.dataset} ({self.split}): {self.metric} per combination",
+            "",
+            f"| combination | size | samples | {self.metric} | variance |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in self.results:
+            variance = "" if r.variance is None else f"{r.variance:.4f}"
+            lines.append(
+                f"| {r.name} | {len(r.combination)} | {r.samples} | "
+                f"{_percent(r.metrics[self.metric])} | {variance} |"
+            )
+        lines += ["", f"| summary | {self.metric} |", "|---|---:|"]
+        lines += [f"| {k} | {_percent(v)} |" for k, v in self.summary().items()]
+        return "\n".join(lines) + "\n"
+
+    def rich_table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"{self.method} on {self.dataset} ({self.split}): {self.metric}")
+        table.add_column("combination")
+        table.add_column("size", justify="right")
+        table.add_column(self.metric, justify="right")
+        has_variance = any(r.variance is not None for r in self.results)
+        if has_variance:
+            table.add_column("variance", justify="right")
+        for r in self.results:
+            row = [r.name, str(len(r.combination)), _percent(r.metrics[self.metric])]
+            if has_variance:
+                row.append("" if r.variance is None else f"{r.variance:.4f}")
+            table.add_row(*row)
+        table.add_section()
+        for key, value in self.summary().items():
+            table.add_row(f"[bold]{key}[/bold]", "", f"[bold]{_percent(value)}[/bold]")
+        return table
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+
+def plot_report(report: EvaluationReport, path: Path) -> None:
+    """Bar chart of the headline metric per combination, grouped by combination size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [100 * v for v in report.values()]
+    names = [r.name for r in report.results]
+    sizes = [len(r.combination) for r in report.results]
+    colors = plt.get_cmap("viridis")([s / max(sizes) for s in sizes])
+    height = max(3.0, 0.22 * len(values) + 1.5)
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    ax.barh(range(len(values)), values, color=colors)
+    ax.set_yticks(range(len(values)), names, fontsize=7 if len(values) > 20 else 9)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{report.metric} (%)")
+    summary = report.summary()
+    ax.axvline(100 * summary["mean"], color="black", linestyle="--", linewidth=1, label="mean")
+    ax.legend(loc="lower right")
+    ax.set_title(f"{report.method} on {report.dataset} ({report.split})")
+    low = min(values)
+    ax.set_xlim(max(0.0, low - 5) if report.higher_is_better[report.metric] else 0.0, None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    return {
+        "inputs": {k: v.to(device) for k, v in batch["inputs"].items()},
+        "present": batch["present"].to(device),
+        "target": batch["target"].to(device),
+    }
+
+
+class CombinationEvaluator(nn.Module):
+    """Accumulates a task's metrics for several combinations over batches.
+
+    The metrics are torchmetrics objects (they synchronize across DDP processes on compute);
+    sample counts and variance sums are all-reduced likewise. Used by `evaluate_combinations`
+    and by the engine's validation loop.
+    """
+
+    def __init__(self, method: Any, combinations: Sequence[Combination] | None = None) -> None:
+        super().__init__()
+        self.modalities: ModalitySet = method.modalities
+        self.combinations = list(combinations or self.modalities.combinations())
+        self.provides_variance = bool(method.provides_variance)
+        self.register_buffer("masks", self.modalities.masks(self.combinations))  # (C, M)
+        self.metrics = nn.ModuleList(method.task.make_metrics() for _ in self.combinations)
+        count = len(self.combinations)
+        self.register_buffer("variance_sum", torch.zeros(count, dtype=torch.float64))
+        self.register_buffer("samples", torch.zeros(count, dtype=torch.float64))
+
+    def reset(self) -> None:
+        for metrics in self.metrics:
+            for metric in metrics.values():
+                metric.reset()
+        self.variance_sum.zero_()
+        self.samples.zero_()
+
+    @torch.no_grad()
+    def update(self, method: Any, batch: dict[str, Any], batched: bool = True) -> None:
+        """Evaluate one batch (already on the method's device) under every combination.
+
+        `batched=False` re-encodes for every combination (the naive loop); it exists to check
+        and time the batched path, which must give the same numbers.
+        """
+        present, target = batch["present"], batch["target"]
+        if batched:
+            outputs = method.decode_many(method.encode(batch["inputs"], present), self.masks)
+        else:
+            outputs = [
+                method(batch["inputs"], mask.expand(present.shape[0], -1)) for mask in self.masks
+            ]
+        for index, output in enumerate(outputs):
+            usable = (present | ~self.masks[index]).all(-1)  # has all the combination uses
+            if not bool(usable.any()):
+                continue
+            for metric in self.metrics[index].values():
+                metric.update(output.logits[usable], target[usable])
+            self.samples[index] += usable.sum()
+            if output.variance is not None:
+                self.variance_sum[index] += output.variance[usable].double().sum()
+
+    def compute(self) -> list[CombinationResult]:
+        sums = torch.stack([self.samples, self.variance_sum])
+        if dist.is_available() and dist.is_initialized():
+            sums = sums.clone()
+            dist.all_reduce(sums)
+        samples, variance_sum = sums
+        results = []
+        for index, combination in enumerate(self.combinations):
+            count = int(samples[index])
+            if count:
+                values = {name: float(m.compute()) for name, m in self.metrics[index].items()}
+            else:
+                values = {name: float("nan") for name in self.metrics[index]}
+            results.append(
+                CombinationResult(
+                    combination=combination,
+                    name=self.modalities.format(combination),
+                    samples=count,
+                    metrics=values,
+                    variance=float(variance_sum[index]) / count
+                    if self.provides_variance and count
+                    else None,
+                )
+            )
+        return results
+
+
+@torch.no_grad()
+def evaluate_combinations(
+    method: Any,
+    loader: DataLoader,
+    combinations: Sequence[Combination] | None = None,
+    device: str | torch.device = "cpu",
+    batched: bool = True,
+) -> list[CombinationResult]:
+    """Metrics of `method` on every combination (default: all 2^M - 1) over a data loader."""
+    evaluator = CombinationEvaluator(method, combinations).to(device)
+    was_training = method.training
+    method.eval()
+    try:
+        for batch in loader:
+            evaluator.update(method, to_device(batch, device), batched=batched)
+    finally:
+        method.train(was_training)
+    return evaluator.compute()
+
+
+def build_report(
+    method: Any,
+    loader: DataLoader,
+    dataset: str,
+    method_name: str,
+    split: str,
+    combinations: Sequence[Combination] | None = None,
+    availability_p: float = 0.5,
+    device: str | torch.device = "cpu",
+) -> EvaluationReport:
+    task = method.task
+    results = evaluate_combinations(method, loader, combinations, device=device)
+    return EvaluationReport(
+        dataset=dataset,
+        method=method_name,
+        split=split,
+        modalities=method.modalities,
+        metric=task.headline.name,
+        higher_is_better={m.name: m.higher_is_better for m in task.metrics},
+        results=results,
+        availability_p=availability_p,
+    )

@@ -1,0 +1,17 @@
+"""Neural building blocks: encoders (registry), masked fusion, the Gaussian embedding."""
+
+from dmrnet.nn.encoders import ENCODERS, build_encoder
+from dmrnet.nn.fusion import MaskedLinearFusion, masked_concat
+from dmrnet.nn.gaussian import GaussianEmbedding, GaussianOutput, gaussian_kl
+from dmrnet.nn.standardize import Standardize
+
+__all__ = [
+    "ENCODERS",
+    "GaussianEmbedding",
+    "GaussianOutput",
+    "MaskedLinearFusion",
+    "Standardize",
+    "build_encoder",
+    "gaussian_kl",
+    "masked_concat",
+]

@@ -1,0 +1,260 @@
+"""Run directories: train a config into one, load a model back from one, evaluate it.
+
+    RUN_DIR/
+      config.yaml            the resolved config
+      checkpoints/best.ckpt  best validation mean over combinations
+      checkpoints/last.ckpt  end of the latest epoch (what --resume continues from)
+      logs/metrics.csv       per-step and per-epoch logs (losses, val summaries, HCR statistics)
+      train.log              the run's log lines
+      results.{json,csv,md,png}  every-combination evaluation on the test split
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmrnet.config import Config, load_config, parse_config, save_config
+from dmrnet.data import DataSplits, build_data
+from dmrnet.data.base import DataSpec, spec_from_dict
+from dmrnet.engine import CHECKPOINT_FORMAT, LitMethod, build_trainer, make_loader
+from dmrnet.errors import CheckpointError, ConfigError, DmrnetError
+from dmrnet.evaluate import EvaluationReport, build_report
+from dmrnet.methods import Method, build_method
+from dmrnet.modalities import Combination
+from dmrnet.tasks import build_task
+
+log = logging.getLogger("dmrnet")
+
+
+def build_data_for(config: Config, data_root: str | Path | None = None) -> DataSplits:
+    return build_data(
+        config.data.name,
+        config.data.options,
+        root=data_root if data_root is not None else config.data.root,
+        val_fraction=config.data.val_fraction,
+        seed=config.seed,
+    )
+
+
+def build_model(config: Config, spec: DataSpec) -> Method:
+    return build_method(config.model, spec, build_task(spec))
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _add_file_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("dmrnet").addHandler(handler)
+    logging.getLogger("dmrnet").setLevel(logging.INFO)
+    return handler
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+) -> EvaluationReport | None:
+    """Train `config` into `run_dir`, then evaluate every combination on the test split.
+
+    Everything that can fail on user input (config, data, model options) is checked before the
+    run directory is created, so a bad run leaves nothing behind. With `resume`, training
+    continues from `run_dir/checkpoints/last.ckpt`. Returns the test report (rank 0 only).
+    """
+    import lightning.pytorch as pl
+
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise CheckpointError(f"{run_dir}: nothing to resume, {last} does not exist")
+    if not resume and _is_rank_zero() and (run_dir / "checkpoints").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume or choose another --run-dir"
+        )
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    data = build_data_for(config, data_root)
+    method = build_model(config, data.spec)
+    module = LitMethod(method, config)
+    train_loader = make_loader(
+        data.train, config.train.batch_size, True, config.data.num_workers, config.seed
+    )
+    val_loader = make_loader(data.val, config.eval.batch_size, False, config.data.num_workers)
+
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _add_file_log(run_dir)
+    try:
+        if _is_rank_zero() and not resume:
+            save_config(config, run_dir / "config.yaml")
+        trainer = build_trainer(
+            config, run_dir, len(train_loader), maximize=method.task.headline.higher_is_better
+        )
+        trainer.fit(
+            module,
+            train_loader,
+            val_loader,
+            ckpt_path=last if resume else None,
+            weights_only=True if resume else None,
+        )
+    except BaseException:
+        # A run that never wrote a checkpoint is not worth keeping; one that did can resume.
+        if created and _is_rank_zero() and not (run_dir / "checkpoints").exists():
+            logging.getLogger("dmrnet").removeHandler(handler)
+            handler.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        logging.getLogger("dmrnet").removeHandler(handler)
+        handler.close()
+    if not trainer.is_global_zero:
+        return None
+    best = run_dir / "checkpoints" / "best.ckpt"
+    loaded = load_checkpoint(best if best.is_file() else last)
+    report = evaluate_model(loaded.method, loaded.config, data, "test")
+    report.write(run_dir)
+    return report
+
+
+@dataclass
+class LoadedRun:
+    method: Method
+    config: Config
+    spec: DataSpec
+    checkpoint: Path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its best checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            candidate = path / "checkpoints" / name
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: no checkpoints/best.ckpt or checkpoints/last.ckpt")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint file")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> LoadedRun:
+    """Rebuild a trained method from a checkpoint, loading it with `weights_only=True` (a
+    checkpoint can never execute code). Foreign or corrupt files raise CheckpointError."""
+    path = resolve_checkpoint(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt or unsafe files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise CheckpointError(
+            f"{path}: not a loadable dmrnet checkpoint ({first_line}); dmrnet loads checkpoints "
+            "with weights_only=True and never unpickles arbitrary objects"
+        ) from None
+    meta = checkpoint.get("dmrnet") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or "config" not in meta or "spec" not in meta:
+        raise CheckpointError(f"{path}: not a dmrnet checkpoint (no 'dmrnet' section)")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta.get('format')!r}, this dmrnet reads "
+            f"{CHECKPOINT_FORMAT}"
+        )
+    config = parse_config(meta["config"], source=f"{path} (stored config)")
+    spec = spec_from_dict(meta["spec"])
+    method = build_model(config, spec)
+    prefix = "method."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    try:
+        method.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not match the stored config: {error}") from None
+    method.eval()
+    return LoadedRun(method=method, config=config, spec=spec, checkpoint=path)
+
+
+def evaluate_model(
+    method: Method,
+    config: Config,
+    data: DataSplits,
+    split: str,
+    combinations: list[Combination] | None = None,
+) -> EvaluationReport:
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be train, val or test, got {split!r}")
+    dataset = getattr(data, split)
+    loader = make_loader(dataset, config.eval.batch_size, False, config.data.num_workers)
+    if combinations is None and config.eval.combinations:
+        combinations = [
+            _parse(method, text, f"eval.combinations[{i}]")
+            for i, text in enumerate(config.eval.combinations)
+        ]
+    return build_report(
+        method,
+        loader,
+        dataset=data.spec.name,
+        method_name=config.model.method,
+        split=split,
+        combinations=combinations,
+        availability_p=config.eval.availability_p,
+    )
+
+
+def _parse(method: Method, text: str, key: str) -> Combination:
+    try:
+        return method.modalities.parse(text)
+    except DmrnetError as error:
+        raise ConfigError(f"{key}: {error}") from None
+
+
+def evaluate_run(
+    path: str | Path,
+    split: str = "test",
+    combinations: list[str] | None = None,
+    data_root: str | Path | None = None,
+    out_dir: str | Path | None = None,
+) -> EvaluationReport:
+    """Evaluate a trained run (or checkpoint) on every (or the given) combination and write the
+    reports into `out_dir` (default: the run directory)."""
+    loaded = load_checkpoint(path)
+    parsed = (
+        [_parse(loaded.method, text, "--combinations") for text in combinations]
+        if combinations
+        else None
+    )
+    data = build_data_for(loaded.config, data_root)
+    report = evaluate_model(loaded.method, loaded.config, data, split, parsed)
+    if out_dir is None:
+        checkpoints = loaded.checkpoint.parent
+        run_dir = checkpoints.parent if checkpoints.name == "checkpoints" else checkpoints
+        out_dir = run_dir if split == "test" else run_dir / split
+    report.write(out_dir)
+    return report
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no config.yaml; is this a dmrnet run directory?")
+    return load_config(path)
+
+
+__all__: list[Any] = [
+    "LoadedRun",
+    "build_data_for",
+    "build_model",
+    "evaluate_model",
+    "evaluate_run",
+    "load_checkpoint",
+    "load_run_config",
+    "resolve_checkpoint",
+    "train",
+]
