@@ -3,6 +3,7 @@
 from dmrnet.nn.encoders import ENCODERS, build_encoder
 from dmrnet.nn.fusion import MaskedLinearFusion, masked_concat
 from dmrnet.nn.gaussian import GaussianEmbedding, GaussianOutput, gaussian_kl
+from dmrnet.nn.resnet import ResNet, ResNetEncoder, SqueezeExcitation
 from dmrnet.nn.standardize import Standardize
 
 __all__ = [
@@ -10,6 +11,9 @@ __all__ = [
     "GaussianEmbedding",
     "GaussianOutput",
     "MaskedLinearFusion",
+    "ResNet",
+    "ResNetEncoder",
+    "SqueezeExcitation",
     "Standardize",
     "build_encoder",
     "gaussian_kl",
