@@ -1,8 +1,8 @@
 """Python API: load a trained run and predict from any subset of modalities.
 
-    model = dmrnet.load("runs/handwritten")
-    prediction = model.predict({"pix": pix, "kar": kar})  # the other views are missing
-    prediction.labels, prediction.probabilities, prediction.variance
+model = dmrnet.load("runs/handwritten")
+prediction = model.predict({"pix": pix, "kar": kar})  # the other views are missing
+prediction.labels, prediction.probabilities, prediction.variance
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class Predictor:
             raise DataError(f"unknown modality {unknown[0]!r}; this model knows {'+'.join(names)}")
         if not inputs:
             raise DataError(f"no modality given; this model knows {'+'.join(names)}")
-        tensors = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in inputs.items()}
+        tensors = {
+            k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in inputs.items()
+        }
         sizes = {k: v.shape[0] if v.dim() > 0 else 0 for k, v in tensors.items()}
         batch = next(iter(sizes.values()))
         if len(set(sizes.values())) != 1:

@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train CONFIG into a run directory (config, checkpoints, logs), then "
         "evaluate every modality combination on the test split.",
     )
-    train.add_argument("config", nargs="?", help="YAML config, e.g. configs/handwritten/dmrnet.yaml")
+    train.add_argument(
+        "config", nargs="?", help="YAML config, e.g. configs/handwritten/dmrnet.yaml"
+    )
     train.add_argument("--run-dir", help="output directory (default: runs/<config name>)")
     train.add_argument(
         "--set",
@@ -174,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set model.kl_weight=0.01 (repeatable)",
     )
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+    )
     train.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
     train.add_argument("--devices", help="Lightning devices, e.g. 2 (same as --set train.devices)")
     train.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
@@ -219,9 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return int(args.func(args))
     except DmrnetError as error:

@@ -145,7 +145,9 @@ def _format_errors(error: ValidationError, source: str) -> str:
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a config dict; errors name the dotted key (and the file, as `source`)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     model = raw.get("model")
     if not isinstance(model, dict) or "method" not in model:
         raise ConfigError(f"{source}: model.method: required key is missing")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from dmrnet.config import Config, OptimizerConfig, SchedulerConfig
 from dmrnet.data.base import spec_to_dict
 from dmrnet.evaluate import CombinationEvaluator
-from dmrnet.methods import Method
+from dmrnet.methods import LossOutput, Method
 from dmrnet.metrics import summarize
 
 log = logging.getLogger("dmrnet")
@@ -57,20 +57,27 @@ def lr_factor(epoch: int, config: SchedulerConfig, epochs: int) -> float:
     return 1.0
 
 
+def training_loss(method: Method, batch: dict[str, Any]) -> LossOutput:
+    """One training step's loss: draw the modality-dropout mask, encode, decode, ask the method."""
+    present = batch["present"]
+    mask = method.training_mask(present)  # (B, M) modality dropout
+    features = method.encode(batch["inputs"], present)
+    output = method.decode(features, mask)
+    return method.loss(output, batch["target"], mask)
+
+
 class LitMethod(pl.LightningModule):
-    def __init__(self, method: Method, config: Config) -> None:
+    def __init__(self, method: Method, config: Config, epochs: int | None = None) -> None:
         super().__init__()
         self.method = method
         self.config = config
+        # Epochs of this fit (a stage of a multi-stage method may have its own count).
+        self.epochs = epochs if epochs is not None else config.train.epochs
         self.val_evaluator = CombinationEvaluator(method)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        present = batch["present"]
-        mask = self.method.training_mask(present)  # (B, M) modality dropout
-        features = self.method.encode(batch["inputs"], present)
-        output = self.method.decode(features, mask)
-        loss = self.method.loss(output, batch["target"], mask)
-        size = present.shape[0]
+        loss = training_loss(self.method, batch)
+        size = batch["present"].shape[0]
         self.log("train/loss", loss.total, prog_bar=True, batch_size=size)
         for name, value in loss.terms.items():
             self.log(f"train/{name}", value, batch_size=size)
@@ -83,9 +90,10 @@ class LitMethod(pl.LightningModule):
         self._log_scalars(self.method.end_epoch(self.current_epoch))
 
     def _log_scalars(self, scalars: dict[str, float]) -> None:
-        # Already reduced across processes by the method, identical on every rank.
+        # Already reduced across processes by the method: identical on every rank, so the
+        # sync is a no-op average (and keeps Lightning from warning about unsynced logs).
         for name, value in scalars.items():
-            self.log(name, value, rank_zero_only=True)
+            self.log(name, value, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.val_evaluator.update(self.method, batch)
@@ -104,16 +112,21 @@ class LitMethod(pl.LightningModule):
         )
         for key, value in summary.items():
             if value is not None:
-                self.log(f"val/{key}", value, prog_bar=key == "mean")
+                self.log(f"val/{key}", value, prog_bar=key == "mean", sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.method.parameters(), self.config.train.optimizer)
-        epochs = self.config.train.epochs
+        # Only what trains in this fit: a stage may freeze part of the method (e.g. a teacher).
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.config.train.optimizer)
+        epochs = self.epochs
         scheduler_config = self.config.train.scheduler
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda epoch: lr_factor(epoch, scheduler_config, epochs)
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything needed to rebuild the model, in plain types (weights_only-loadable).
@@ -142,14 +155,20 @@ def make_loader(
 
 
 def build_trainer(
-    config: Config, run_dir: Path, steps_per_epoch: int, maximize: bool = True
+    config: Config,
+    run_dir: Path,
+    steps_per_epoch: int,
+    maximize: bool = True,
+    epochs: int | None = None,
+    monitor: str = MONITOR,
 ) -> pl.Trainer:
-    """Trainer with best (on the validation mean over combinations) and last checkpoints."""
+    """Trainer with best (on `monitor`, by default the validation mean over combinations) and
+    last checkpoints. `epochs` defaults to `train.epochs` (a training stage may set its own)."""
     train = config.train
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        monitor=MONITOR,
+        monitor=monitor,
         mode="max" if maximize else "min",
         save_last=True,
         save_top_k=1,
@@ -161,7 +180,7 @@ def build_trainer(
         num_nodes=train.num_nodes,
         strategy=train.strategy,
         precision=train.precision,  # type: ignore[arg-type]
-        max_epochs=train.epochs,
+        max_epochs=epochs if epochs is not None else train.epochs,
         gradient_clip_val=train.gradient_clip,
         deterministic=train.deterministic,
         callbacks=[checkpoint],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ class CombinationResult:
     samples: int
     metrics: dict[str, float]
     variance: float | None = None  # mean embedding variance over the samples
+    # Vector metrics, one value per class (segmentation's IoU; None = class absent).
+    per_class: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class EvaluationReport:
     results: list[CombinationResult]
     availability_p: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None  # labels of the per-class metrics
 
     def values(self, metric: str | None = None) -> list[float]:
         metric = metric or self.metric
@@ -82,6 +85,13 @@ class EvaluationReport:
                     "higher_is_better": self.higher_is_better[metric],
                 }
                 for metric in self.higher_is_better
+            }
+        for metric in sorted({m for r in self.results for m in r.per_class}):
+            rows = {r.name: r.per_class[metric] for r in self.results if metric in r.per_class}
+            count = len(next(iter(rows.values())))
+            data.setdefault("per_class", {})[metric] = {
+                "classes": list(self.class_names or range(count)),
+                "combinations": rows,
             }
         data.update(self.extra)
         return data
@@ -124,6 +134,14 @@ class EvaluationReport:
             )
         lines += ["", f"| summary | {self.metric} |", "|---|---:|"]
         lines += [f"| {k} | {_percent(v)} |" for k, v in self.summary().items()]
+        for metric in sorted({m for r in self.results for m in r.per_class}):
+            rows = [r for r in self.results if metric in r.per_class]
+            classes = self.class_names or tuple(map(str, range(len(rows[0].per_class[metric]))))
+            lines += ["", f"| {metric} per class | " + " | ".join(r.name for r in rows) + " |"]
+            lines.append("|---|" + "---:|" * len(rows))
+            for index, name in enumerate(classes):
+                cells = [_percent(r.per_class[metric][index]) for r in rows]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def rich_table(self) -> Any:
@@ -195,13 +213,25 @@ class CombinationEvaluator(nn.Module):
     and by the engine's validation loop.
     """
 
-    def __init__(self, method: Any, combinations: Sequence[Combination] | None = None) -> None:
+    def __init__(
+        self,
+        method: Any,
+        combinations: Sequence[Combination] | None = None,
+        calibration: Mapping[Combination, float] | None = None,
+        calibrating: bool = False,
+    ) -> None:
+        """`calibration`: per-combination values from `calibrate_combinations` (the task then
+        decides with them); `calibrating`: accumulate the task's calibration metric instead of
+        its metrics (results then hold one value, "calibration", per combination)."""
         super().__init__()
         self.modalities: ModalitySet = method.modalities
         self.combinations = list(combinations or self.modalities.combinations())
         self.provides_variance = bool(method.provides_variance)
         self.register_buffer("masks", self.modalities.masks(self.combinations))  # (C, M)
-        self.metrics = nn.ModuleList(method.task.make_metrics() for _ in self.combinations)
+        self.metrics = nn.ModuleList(
+            _combination_metrics(method.task, c, calibration, calibrating)
+            for c in self.combinations
+        )
         count = len(self.combinations)
         self.register_buffer("variance_sum", torch.zeros(count, dtype=torch.float64))
         self.register_buffer("samples", torch.zeros(count, dtype=torch.float64))
@@ -246,10 +276,17 @@ class CombinationEvaluator(nn.Module):
         results = []
         for index, combination in enumerate(self.combinations):
             count = int(samples[index])
-            if count:
-                values = {name: float(m.compute()) for name, m in self.metrics[index].items()}
-            else:
-                values = {name: float("nan") for name in self.metrics[index]}
+            values: dict[str, float] = {}
+            per_class: dict[str, list[float | None]] = {}
+            for name, metric in self.metrics[index].items():
+                if not count:
+                    values[name] = float("nan")
+                    continue
+                value = metric.compute()
+                if value.numel() == 1:
+                    values[name] = float(value)
+                else:  # a value per class; NaN (class absent) is written as None
+                    per_class[name] = [None if math.isnan(v) else v for v in value.tolist()]
             results.append(
                 CombinationResult(
                     combination=combination,
@@ -259,9 +296,23 @@ class CombinationEvaluator(nn.Module):
                     variance=float(variance_sum[index]) / count
                     if self.provides_variance and count
                     else None,
+                    per_class=per_class,
                 )
             )
         return results
+
+
+def _combination_metrics(
+    task: Any,
+    combination: Combination,
+    calibration: Mapping[Combination, float] | None,
+    calibrating: bool,
+) -> nn.ModuleDict:
+    if calibrating:
+        return nn.ModuleDict({"calibration": task.make_calibration()})
+    if calibration is not None and combination in calibration:
+        return task.make_calibrated_metrics(calibration[combination])
+    return task.make_metrics()
 
 
 @torch.no_grad()
@@ -271,9 +322,12 @@ def evaluate_combinations(
     combinations: Sequence[Combination] | None = None,
     device: str | torch.device = "cpu",
     batched: bool = True,
+    calibration: Mapping[Combination, float] | None = None,
+    calibrating: bool = False,
 ) -> list[CombinationResult]:
-    """Metrics of `method` on every combination (default: all 2^M - 1) over a data loader."""
-    evaluator = CombinationEvaluator(method, combinations).to(device)
+    """Metrics of `method` on every combination (default: all 2^M - 1) over a data loader
+    (`calibration` and `calibrating` as in `CombinationEvaluator`)."""
+    evaluator = CombinationEvaluator(method, combinations, calibration, calibrating).to(device)
     was_training = method.training
     method.eval()
     try:
@@ -282,6 +336,21 @@ def evaluate_combinations(
     finally:
         method.train(was_training)
     return evaluator.compute()
+
+
+def calibrate_combinations(
+    method: Any,
+    loader: DataLoader,
+    combinations: Sequence[Combination] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[Combination, float] | None:
+    """The task's calibration value per combination on held-out data (the validation split),
+    e.g. presentation-attack detection's equal-error threshold; None when the task has none.
+    Combinations without usable samples get none (their metrics stay uncalibrated)."""
+    if method.task.make_calibration() is None:
+        return None
+    results = evaluate_combinations(method, loader, combinations, device=device, calibrating=True)
+    return {r.combination: r.metrics["calibration"] for r in results if r.samples}
 
 
 def build_report(
@@ -293,9 +362,26 @@ def build_report(
     combinations: Sequence[Combination] | None = None,
     availability_p: float = 0.5,
     device: str | torch.device = "cpu",
+    calibration_loader: DataLoader | None = None,
 ) -> EvaluationReport:
+    """Evaluate and report. A task that calibrates its decisions (see `Task.make_calibration`)
+    is calibrated on `calibration_loader` (the validation split) first, and the values are
+    recorded in the report (results.json: "calibration")."""
     task = method.task
-    results = evaluate_combinations(method, loader, combinations, device=device)
+    calibration = (
+        None
+        if calibration_loader is None
+        else calibrate_combinations(method, calibration_loader, combinations, device=device)
+    )
+    results = evaluate_combinations(
+        method, loader, combinations, device=device, calibration=calibration
+    )
+    extra: dict[str, Any] = {}
+    if calibration is not None:
+        extra["calibration"] = {
+            "split": "validation",
+            "values": {method.modalities.format(c): v for c, v in calibration.items()},
+        }
     return EvaluationReport(
         dataset=dataset,
         method=method_name,
@@ -305,4 +391,6 @@ def build_report(
         higher_is_better={m.name: m.higher_is_better for m in task.metrics},
         results=results,
         availability_p=availability_p,
+        extra=extra,
+        class_names=getattr(getattr(method, "spec", None), "class_names", None),
     )

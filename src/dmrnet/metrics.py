@@ -1,9 +1,16 @@
-"""Summaries of a metric over modality combinations (shared/DESIGN.md section 3)."""
+"""Summaries of a metric over modality combinations (shared/DESIGN.md section 3), and the
+presentation-attack-detection metrics of ISO/IEC 30107-3 (APCER, BPCER, ACER)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from dmrnet.errors import DataError
 from dmrnet.modalities import Combination, ModalitySet, availability_weights
 
 
@@ -28,3 +35,203 @@ def summarize(
         "full": values[list(combinations).index(full)] if full in combinations else None,
         f"expected_p{availability_p:g}": sum(w * v for w, v in zip(weights, values, strict=True)),
     }
+
+
+# -- presentation-attack detection (ISO/IEC 30107-3) --------------------------------------------
+#
+# A PAD system decides, per sample, "bona fide" (a live face) or "attack" (a presentation attack:
+# print, replay, mask). ISO/IEC 30107-3 names the two error rates:
+#
+#   APCER = attacks accepted as bona fide / attacks
+#   BPCER = bona fide samples rejected as attacks / bona fide samples
+#   ACER  = (APCER + BPCER) / 2
+#
+# HTER = (FAR + FRR) / 2 pools all attacks into one false-acceptance rate. The standard's APCER is
+# computed per attack species (and ACER takes the worst species); the data sets dmrnet reads label
+# samples only 0/1, i.e. one pooled species, so ACER and HTER coincide here. Both are reported,
+# for comparison with papers that use either.
+#
+# The paper's code (DMRNet, face-antispoofing/lib/model_develop.py, `calc_accuracy_multi`) names
+# BPCER "APCER" and APCER "NPCER"; dmrnet follows the standard. Its ACER is the same number.
+#
+# The score of a sample is the bona fide log-odds, logits[bona fide] - logits[attack]; "argmax"
+# decides bona fide when the bona fide logit is the larger (the paper's code), a threshold t
+# decides bona fide when score >= t.
+
+PAD_METRICS: tuple[str, ...] = ("acer", "apcer", "bpcer", "hter", "accuracy")
+
+
+def pad_scores(logits: torch.Tensor, bona_fide_class: int) -> torch.Tensor:
+    """(B,) bona fide log-odds of 2-way logits (B, 2)."""
+    if logits.dim() != 2 or logits.shape[1] != 2:
+        raise ValueError(f"PAD metrics need (B, 2) logits, got shape {tuple(logits.shape)}")
+    return logits[:, bona_fide_class] - logits[:, 1 - bona_fide_class]
+
+
+def pad_rates(
+    bona_accepted: torch.Tensor,
+    bona_rejected: torch.Tensor,
+    attack_accepted: torch.Tensor,
+    attack_rejected: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """APCER, BPCER, ACER, HTER and accuracy from the four decision counts. A rate whose
+    denominator is zero (no attacks, or no bona fide samples) is NaN."""
+    counts = [c.double() for c in (bona_accepted, bona_rejected, attack_accepted, attack_rejected)]
+    bona_accepted, bona_rejected, attack_accepted, attack_rejected = counts
+    apcer = attack_accepted / (attack_accepted + attack_rejected)
+    bpcer = bona_rejected / (bona_accepted + bona_rejected)
+    total = bona_accepted + bona_rejected + attack_accepted + attack_rejected
+    return {
+        "acer": (apcer + bpcer) / 2,
+        "apcer": apcer,
+        "bpcer": bpcer,
+        # FAR = attacks accepted / attacks, FRR = bona fide rejected / bona fide (all attacks
+        # pooled): equal to ACER when, as here, the labels do not tell attack species apart.
+        "hter": (apcer + bpcer) / 2,
+        "accuracy": (bona_accepted + attack_rejected) / total,
+    }
+
+
+def equal_error_threshold(scores: torch.Tensor, bona_fide: torch.Tensor) -> torch.Tensor:
+    """The threshold t (decide bona fide when score >= t) at which APCER and BPCER are closest.
+
+    Every distinct score is a candidate (plus "reject everything"); ties in |APCER - BPCER| go to
+    the lower ACER, then to the lower threshold. The returned value sits midway between the chosen
+    score and the next lower one, so the decisions on these scores do not depend on float
+    rounding. Needs both classes; raises ValueError otherwise.
+    """
+    scores = scores.detach().double().flatten()
+    bona_fide = bona_fide.bool().flatten()
+    bona, attacks = scores[bona_fide].sort().values, scores[~bona_fide].sort().values
+    if bona.numel() == 0 or attacks.numel() == 0:
+        raise ValueError(
+            "an equal-error threshold needs bona fide and attack samples, got "
+            f"{bona.numel()} bona fide and {attacks.numel()} attacks"
+        )
+    distinct = torch.unique(scores)  # ascending
+    candidates = torch.cat([distinct, distinct.new_tensor([torch.inf])])
+    attack_accepted = attacks.numel() - torch.searchsorted(attacks, candidates, side="left")
+    bona_rejected = torch.searchsorted(bona, candidates, side="left")
+    apcer = attack_accepted.double() / attacks.numel()
+    bpcer = bona_rejected.double() / bona.numel()
+    gap = (apcer - bpcer).abs()
+    tied = gap <= gap.min() + 1e-12
+    acer = torch.where(tied, (apcer + bpcer) / 2, torch.inf)
+    best = int(torch.argmin(acer))  # first minimum: the lowest threshold
+    if best == 0:
+        return distinct[0] - 1.0
+    if best == distinct.numel():
+        return distinct[-1] + 1.0
+    return (distinct[best - 1] + distinct[best]) / 2
+
+
+class PresentationAttackMetric(Metric):
+    """One of APCER / BPCER / ACER / HTER / accuracy of binary presentation-attack detection,
+    updated with (logits (B, 2), target (B,)).
+
+    Decision rule: `threshold=None` is argmax (the paper's code); a float decides bona fide when
+    the bona fide log-odds >= threshold; `self_calibrate=True` decides at the equal-error
+    threshold of the accumulated samples themselves (the EER operating point, used to select
+    checkpoints on validation when test thresholds are calibrated on validation).
+
+    States are summed decision counts (fixed rules) or concatenated scores (self-calibrating), so
+    the metric synchronizes across DDP processes like any torchmetrics metric.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        name: str,
+        bona_fide_class: int = 1,
+        threshold: float | None = None,
+        self_calibrate: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if name not in PAD_METRICS:
+            raise ValueError(f"unknown PAD metric {name!r}; choose one of {', '.join(PAD_METRICS)}")
+        if bona_fide_class not in (0, 1):
+            raise ValueError(f"bona_fide_class must be 0 or 1, got {bona_fide_class}")
+        if self_calibrate and threshold is not None:
+            raise ValueError("give either a fixed threshold or self_calibrate, not both")
+        self.name = name
+        self.bona_fide_class = bona_fide_class
+        self.threshold = threshold
+        self.self_calibrate = self_calibrate
+        if self_calibrate:
+            self.add_state("scores", default=[], dist_reduce_fx="cat")
+            self.add_state("bona_fide", default=[], dist_reduce_fx="cat")
+        else:
+            for state in ("bona_accepted", "bona_rejected", "attack_accepted", "attack_rejected"):
+                zero = torch.tensor(0, dtype=torch.long)
+                self.add_state(state, default=zero, dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        bona_fide = target == self.bona_fide_class
+        if self.self_calibrate:
+            self.scores.append(pad_scores(logits.detach(), self.bona_fide_class).float())
+            self.bona_fide.append(bona_fide)
+            return
+        if self.threshold is None:
+            accepted = logits.argmax(-1) == self.bona_fide_class
+        else:
+            accepted = pad_scores(logits.detach(), self.bona_fide_class) >= self.threshold
+        self.bona_accepted += (bona_fide & accepted).sum()
+        self.bona_rejected += (bona_fide & ~accepted).sum()
+        self.attack_accepted += (~bona_fide & accepted).sum()
+        self.attack_rejected += (~bona_fide & ~accepted).sum()
+
+    def compute(self) -> torch.Tensor:
+        if self.self_calibrate:
+            scores = dim_zero_cat(self.scores)
+            bona_fide = dim_zero_cat(self.bona_fide).bool()
+            if bool(bona_fide.all()) or not bool(bona_fide.any()):
+                # One class only: no EER threshold, and one of the rates is undefined anyway.
+                accepted = scores >= 0
+            else:
+                accepted = scores >= equal_error_threshold(scores, bona_fide).to(scores.dtype)
+            counts = [
+                (bona_fide & accepted).sum(),
+                (bona_fide & ~accepted).sum(),
+                (~bona_fide & accepted).sum(),
+                (~bona_fide & ~accepted).sum(),
+            ]
+        else:
+            counts = [
+                self.bona_accepted,
+                self.bona_rejected,
+                self.attack_accepted,
+                self.attack_rejected,
+            ]
+        return pad_rates(*counts)[self.name]
+
+
+class EqualErrorThreshold(Metric):
+    """Accumulates (logits, target) and computes the equal-error threshold of the bona fide
+    log-odds: what a PAD task calibrates on the validation split before evaluating the test
+    split (see `equal_error_threshold`). Raises DataError when a class is missing."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, bona_fide_class: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bona_fide_class = bona_fide_class
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("bona_fide", default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.scores.append(pad_scores(logits.detach(), self.bona_fide_class).float())
+        self.bona_fide.append(target == self.bona_fide_class)
+
+    def compute(self) -> torch.Tensor:
+        scores, bona_fide = dim_zero_cat(self.scores), dim_zero_cat(self.bona_fide)
+        try:
+            return equal_error_threshold(scores, bona_fide).float()
+        except ValueError as error:
+            raise DataError(
+                f"cannot calibrate the PAD decision threshold on the validation split: {error}; "
+                "use threshold 'argmax' or a validation split with both classes"
+            ) from None

@@ -132,7 +132,9 @@ class CombinationSampler:
         self.fixed = modalities.mask(fixed) if fixed else None
         self._table = modalities.masks(modalities.combinations())  # (C, M)
 
-    def sample(self, present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, present: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """(B, M) bool mask of the modalities each sample uses in this step."""
         present = present.bool()
         if self.kind == "full":

@@ -1,16 +1,19 @@
 """Run directories: train a config into one, load a model back from one, evaluate it.
 
-    RUN_DIR/
-      config.yaml            the resolved config
-      checkpoints/best.ckpt  best validation mean over combinations
-      checkpoints/last.ckpt  end of the latest epoch (what --resume continues from)
-      logs/metrics.csv       per-step and per-epoch logs (losses, val summaries, HCR statistics)
-      train.log              the run's log lines
-      results.{json,csv,md,png}  every-combination evaluation on the test split
+RUN_DIR/
+  config.yaml            the resolved config
+  checkpoints/best.ckpt  best validation mean over combinations
+  checkpoints/last.ckpt  end of the latest epoch (what --resume continues from)
+  logs/metrics.csv       per-step and per-epoch logs (losses, val summaries, HCR statistics)
+  train.log              the run's log lines
+  results.{json,csv,md,png}  every-combination evaluation on the test split
+  stages/<name>/         earlier stages of a multi-stage method (e.g. MMANet's teacher): their
+                         own checkpoints/ and logs/, and STAGE_DONE once finished
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 from dataclasses import dataclass
@@ -26,10 +29,13 @@ from dmrnet.engine import CHECKPOINT_FORMAT, LitMethod, build_trainer, make_load
 from dmrnet.errors import CheckpointError, ConfigError, DmrnetError
 from dmrnet.evaluate import EvaluationReport, build_report
 from dmrnet.methods import Method, build_method
+from dmrnet.methods.stages import StagedMethod, TrainingStage
 from dmrnet.modalities import Combination
 from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
+
+STAGE_DONE = "STAGE_DONE"  # marks a finished earlier stage of a multi-stage method
 
 
 def build_data_for(config: Config, data_root: str | Path | None = None) -> DataSplits:
@@ -60,6 +66,31 @@ def _add_file_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def training_stages(method: Method, config: Config) -> list[TrainingStage]:
+    """The stages `train` fits in turn: the method's own (see methods/stages.py), or one stage of
+    `train.epochs` epochs selected on the validation mean over combinations."""
+    if isinstance(method, StagedMethod):
+        stages = method.training_stages(config.train.epochs)
+        names = [stage.name for stage in stages]
+        if not stages or len(set(names)) != len(names):
+            raise ConfigError(f"model.method {config.model.method!r}: bad training stages {names}")
+        return stages
+    return [TrainingStage("train", config.train.epochs)]
+
+
+def stage_directories(run_dir: Path, stages: list[TrainingStage]) -> list[Path]:
+    """Where each stage writes checkpoints and logs: the last stage (the model that is evaluated
+    and deployed) writes RUN_DIR itself, earlier ones RUN_DIR/stages/<name>/."""
+    return [run_dir / "stages" / s.name for s in stages[:-1]] + [run_dir]
+
+
+def _method_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    prefix = "method."
+    return {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -70,46 +101,79 @@ def train(
 
     Everything that can fail on user input (config, data, model options) is checked before the
     run directory is created, so a bad run leaves nothing behind. With `resume`, training
-    continues from `run_dir/checkpoints/last.ckpt`. Returns the test report (rank 0 only).
+    continues from the last checkpoint of the stage that was interrupted (for single-stage
+    methods `run_dir/checkpoints/last.ckpt`). Returns the test report (rank 0 only).
+
+    A method with several training stages (methods/stages.py) has each fitted in turn, with its
+    own epochs, checkpoints and selection metric; a finished stage is marked with a file
+    `STAGE_DONE` and its best weights are loaded before the next stage begins.
     """
     import lightning.pytorch as pl
 
     run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise CheckpointError(f"{run_dir}: nothing to resume, {last} does not exist")
-    if not resume and _is_rank_zero() and (run_dir / "checkpoints").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with --resume or choose another --run-dir"
-        )
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = build_data_for(config, data_root)
     method = build_model(config, data.spec)
-    module = LitMethod(method, config)
+    stages = training_stages(method, config)
+    directories = stage_directories(run_dir, stages)
+    lasts = [d / "checkpoints" / "last.ckpt" for d in directories]
+    if resume and not any(last.is_file() for last in lasts):
+        raise CheckpointError(f"{run_dir}: nothing to resume, {lasts[0]} does not exist")
+    if not resume and _is_rank_zero() and _has_checkpoints(directories):
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume or choose another --run-dir"
+        )
     train_loader = make_loader(
         data.train, config.train.batch_size, True, config.data.num_workers, config.seed
     )
     val_loader = make_loader(data.val, config.eval.batch_size, False, config.data.num_workers)
+    maximize = method.task.headline.higher_is_better
 
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _add_file_log(run_dir)
+    metrics_file = run_dir / "logs" / "metrics.csv"
+    earlier_metrics = metrics_file.with_name("metrics.before-resume.csv")
+    if resume and metrics_file.is_file() and _is_rank_zero():
+        # Lightning's CSV logger starts its file afresh; keep the history and merge it back.
+        metrics_file.replace(earlier_metrics)
     try:
         if _is_rank_zero() and not resume:
             save_config(config, run_dir / "config.yaml")
-        trainer = build_trainer(
-            config, run_dir, len(train_loader), maximize=method.task.headline.higher_is_better
-        )
-        trainer.fit(
-            module,
-            train_loader,
-            val_loader,
-            ckpt_path=last if resume else None,
-            weights_only=True if resume else None,
-        )
+        stage_plan = zip(stages, directories, lasts, strict=True)
+        for index, (stage, directory, last) in enumerate(stage_plan):
+            final = index == len(stages) - 1
+            done = directory / STAGE_DONE
+            if len(stages) > 1:
+                if not final and done.is_file():
+                    _load_weights(method, resolve_checkpoint(directory))
+                    continue
+                log.info("training stage %r (%d epochs)", stage.name, stage.epochs)
+                method.begin_stage(stage.name)  # type: ignore[attr-defined]
+            trainer = build_trainer(
+                config,
+                directory,
+                len(train_loader),
+                maximize=maximize,
+                epochs=stage.epochs,
+                monitor=stage.monitor,
+            )
+            continues = resume and last.is_file()
+            trainer.fit(
+                LitMethod(method, config, epochs=stage.epochs),
+                train_loader,
+                val_loader,
+                ckpt_path=last if continues else None,
+                weights_only=True if continues else None,
+            )
+            if not final:
+                # The next stage starts from this stage's best weights (e.g. the best teacher).
+                _load_weights(method, resolve_checkpoint(directory))
+                if _is_rank_zero():
+                    done.write_text(f"stage {stage.name!r} finished\n")
     except BaseException:
         # A run that never wrote a checkpoint is not worth keeping; one that did can resume.
-        if created and _is_rank_zero() and not (run_dir / "checkpoints").exists():
+        if created and _is_rank_zero() and not _has_checkpoints(directories):
             logging.getLogger("dmrnet").removeHandler(handler)
             handler.close()
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -117,13 +181,43 @@ def train(
     finally:
         logging.getLogger("dmrnet").removeHandler(handler)
         handler.close()
+        if earlier_metrics.is_file():
+            _prepend_rows(earlier_metrics, metrics_file)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # The test evaluation below runs on rank 0 alone: nothing may wait for the other ranks.
+        torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return None
-    best = run_dir / "checkpoints" / "best.ckpt"
-    loaded = load_checkpoint(best if best.is_file() else last)
+    loaded = load_checkpoint(resolve_checkpoint(run_dir))
     report = evaluate_model(loaded.method, loaded.config, data, "test")
     report.write(run_dir)
     return report
+
+
+def _has_checkpoints(directories: list[Path]) -> bool:
+    return any((d / "checkpoints").exists() for d in directories)
+
+
+def _load_weights(method: Method, path: Path) -> None:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    method.load_state_dict(_method_state(checkpoint))
+
+
+def _prepend_rows(earlier: Path, current: Path) -> None:
+    """metrics.csv := earlier rows + current rows, with the union of their columns."""
+    tables = []
+    for path in (earlier, current):
+        if path.is_file():
+            with path.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                tables.append((list(reader.fieldnames or []), list(reader)))
+    columns = sorted({name for names, _ in tables for name in names})
+    with current.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for _, rows in tables:
+            writer.writerows(rows)
+    earlier.unlink()
 
 
 @dataclass
@@ -171,10 +265,8 @@ def load_checkpoint(path: str | Path) -> LoadedRun:
     config = parse_config(meta["config"], source=f"{path} (stored config)")
     spec = spec_from_dict(meta["spec"])
     method = build_model(config, spec)
-    prefix = "method."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     try:
-        method.load_state_dict(state)
+        method.load_state_dict(_method_state(checkpoint))
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not match the stored config: {error}") from None
     method.eval()
@@ -205,6 +297,10 @@ def evaluate_model(
         split=split,
         combinations=combinations,
         availability_p=config.eval.availability_p,
+        # A task that calibrates its decisions (PAD's equal-error threshold) does so on validation.
+        calibration_loader=make_loader(
+            data.val, config.eval.batch_size, False, config.data.num_workers
+        ),
     )
 
 
@@ -256,5 +352,7 @@ __all__: list[Any] = [
     "load_checkpoint",
     "load_run_config",
     "resolve_checkpoint",
+    "stage_directories",
     "train",
+    "training_stages",
 ]

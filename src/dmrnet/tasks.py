@@ -7,6 +7,8 @@ classification task and (later) segmentation or presentation-attack detection pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ import torchmetrics
 from torch import nn
 
 from dmrnet.data.base import DataSpec
+from dmrnet.metrics import EqualErrorThreshold, PresentationAttackMetric
 from dmrnet.registry import Registry
 
 
@@ -48,6 +51,34 @@ class Task:
         """Fresh torchmetrics objects keyed by metric name (they sync across DDP processes)."""
         raise NotImplementedError
 
+    # -- optional calibration on held-out data (presentation-attack detection's threshold)
+    def make_calibration(self) -> torchmetrics.Metric | None:
+        """A metric, updated with (logits, target) like the others, whose scalar `compute()` is
+        what the task's decisions need from the validation split (e.g. a decision threshold);
+        None when the task's decisions need no calibration. The evaluation computes it on the
+        validation split per combination and builds the test metrics with
+        `make_calibrated_metrics(value)`."""
+        return None
+
+    def make_calibrated_metrics(self, calibration: float) -> nn.ModuleDict:
+        """The metrics of `make_metrics`, deciding with a value computed by `make_calibration`."""
+        return self.make_metrics()
+
+    # -- optional outputs a person can look at; a task without them (classification) keeps these
+    def visualize(
+        self, method: Any, dataset: Any, combinations: list[tuple[int, ...]], path: Path
+    ) -> Path | None:
+        """Write a picture of a few samples of `dataset` predicted under each combination to
+        `path`; None when the task has no such picture."""
+        return None
+
+    def write_predictions(
+        self, prediction: Any, inputs: dict[str, Any], out_dir: Path, spec: DataSpec
+    ) -> list[Path] | None:
+        """Write `dmrnet predict` results in the task's own format (e.g. colour masks) into
+        `out_dir`; None when the task has none and the per-sample CSV is the output."""
+        return None
+
 
 class ClassificationTask(Task):
     """Single-label classification with cross-entropy; metric: accuracy (micro, i.e. fraction
@@ -81,8 +112,153 @@ class ClassificationTask(Task):
         )
 
 
+class SegmentationTask(Task):
+    """Semantic segmentation: per-pixel cross-entropy, pixels labelled `ignore_index` ignored.
+
+    Logits are (B, K, H, W), targets (B, H, W). A sample's loss is the mean over its valid pixels
+    (weighted by `class_weights` when given, e.g. ESANet's median-frequency weights), so every
+    sample counts alike in the HCR's per-sample loss. Metrics: mIoU (headline: the mean over the
+    classes that occur in the ground truth or the prediction), pixel accuracy, and the IoU of each
+    class (a vector, reported per class).
+    """
+
+    metrics = (MetricInfo("miou"), MetricInfo("pixel_accuracy"))
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = None,
+        class_weights: list[float] | None = None,
+    ) -> None:
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights)
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec) -> SegmentationTask:
+        return cls(spec.num_classes, spec.ignore_index, spec.extra.get("class_weights"))
+
+    def per_sample_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ignore = -100 if self.ignore_index is None else self.ignore_index
+        weight = None if self.class_weights is None else self.class_weights.to(logits)
+        per_pixel = F.cross_entropy(
+            logits, target, weight=weight, ignore_index=ignore, reduction="none"
+        )  # (B, H, W), 0 at ignored pixels
+        valid = target != ignore
+        if weight is None:
+            normalizer = valid.to(logits.dtype)
+        else:
+            normalizer = weight[torch.where(valid, target, 0)] * valid
+        return per_pixel.flatten(1).sum(1) / normalizer.flatten(1).sum(1).clamp(min=1e-12)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1)
+
+    def make_metrics(self) -> nn.ModuleDict:
+        classes, ignore = self.num_classes, self.ignore_index
+        return nn.ModuleDict(
+            {
+                "miou": torchmetrics.classification.MulticlassJaccardIndex(
+                    classes, average="macro", ignore_index=ignore
+                ),
+                "pixel_accuracy": torchmetrics.classification.MulticlassAccuracy(
+                    classes, average="micro", ignore_index=ignore
+                ),
+                # A vector: classes absent from both ground truth and prediction are NaN.
+                "iou": torchmetrics.classification.MulticlassJaccardIndex(
+                    classes, average="none", ignore_index=ignore, zero_division=float("nan")
+                ),
+            }
+        )
+
+    def visualize(
+        self, method: Any, dataset: Any, combinations: list[tuple[int, ...]], path: Path
+    ) -> Path | None:
+        from dmrnet.visualize import prediction_grid
+
+        return prediction_grid(method, dataset, combinations, path)
+
+    def write_predictions(
+        self, prediction: Any, inputs: dict[str, Any], out_dir: Path, spec: DataSpec
+    ) -> list[Path] | None:
+        from dmrnet.visualize import write_masks
+
+        return write_masks(prediction, inputs, out_dir, spec)
+
+
+class PresentationAttackTask(ClassificationTask):
+    """Binary presentation-attack detection (face anti-spoofing): bona fide vs attack.
+
+    Cross-entropy over 2 logits; metrics per ISO/IEC 30107-3 (see dmrnet.metrics): ACER (the
+    headline, lower is better), APCER, BPCER, HTER and accuracy. `bona_fide_class` says which
+    class index is bona fide (CASIA-SURF and CeFA lists: 1). `threshold` is the decision rule:
+
+    - ``argmax``: bona fide when its logit is the larger, as the paper's code;
+    - ``eer``: the test split is decided at the equal-error threshold of the validation split
+      (one threshold per modality combination, calibrated after training); validation itself
+      (checkpoint selection) is scored at its own equal-error threshold.
+
+    Both come from the dataset's `DataSpec.extra` (`bona_fide_class`, `threshold`).
+    """
+
+    metrics = (
+        MetricInfo("acer", higher_is_better=False),
+        MetricInfo("apcer", higher_is_better=False),
+        MetricInfo("bpcer", higher_is_better=False),
+        MetricInfo("hter", higher_is_better=False),
+        MetricInfo("accuracy"),
+    )
+    THRESHOLDS = ("argmax", "eer")
+
+    def __init__(self, bona_fide_class: int = 1, threshold: str = "argmax") -> None:
+        super().__init__(num_classes=2)
+        if bona_fide_class not in (0, 1):
+            raise ValueError(f"bona_fide_class must be 0 or 1, got {bona_fide_class!r}")
+        if threshold not in self.THRESHOLDS:
+            raise ValueError(f"threshold must be one of {self.THRESHOLDS}, got {threshold!r}")
+        self.bona_fide_class = bona_fide_class
+        self.threshold = threshold
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec) -> PresentationAttackTask:
+        if spec.num_classes != 2:
+            raise ValueError(
+                f"dataset {spec.name!r}: presentation-attack detection needs 2 classes, "
+                f"got {spec.num_classes}"
+            )
+        return cls(
+            bona_fide_class=int(spec.extra.get("bona_fide_class", 1)),
+            threshold=str(spec.extra.get("threshold", "argmax")),
+        )
+
+    def _metrics(self, threshold: float | None, self_calibrate: bool) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                info.name: PresentationAttackMetric(
+                    info.name, self.bona_fide_class, threshold, self_calibrate
+                )
+                for info in self.metrics
+            }
+        )
+
+    def make_metrics(self) -> nn.ModuleDict:
+        return self._metrics(None, self_calibrate=self.threshold == "eer")
+
+    def make_calibration(self) -> torchmetrics.Metric | None:
+        if self.threshold != "eer":
+            return None
+        return EqualErrorThreshold(self.bona_fide_class)
+
+    def make_calibrated_metrics(self, calibration: float) -> nn.ModuleDict:
+        return self._metrics(float(calibration), self_calibrate=False)
+
+
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("classification")(ClassificationTask)
+TASKS.register("segmentation")(SegmentationTask)
+TASKS.register("pad")(PresentationAttackTask)
 
 
 def build_task(spec: DataSpec) -> Task:

@@ -79,9 +79,8 @@ class ArrayMultiModalDataset(Dataset):
                     f"{source}: modality {name!r} has {len(arrays[name])} samples but there are "
                     f"{n} labels; every view must have one row per sample"
                 )
-        if targets_t.is_floating_point():
-            if not torch.all(targets_t == targets_t.round()):
-                raise DataError(f"{source}: labels must be integers")
+        if targets_t.is_floating_point() and not torch.all(targets_t == targets_t.round()):
+            raise DataError(f"{source}: labels must be integers")
         targets_t = targets_t.long()
         bad = (targets_t < 0) | (targets_t >= num_classes)
         if bool(bad.any()):
@@ -164,7 +163,7 @@ def stratified_split(
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         rng.shuffle(members)
-        count = int(round(len(members) * fraction))
+        count = round(len(members) * fraction)
         held.append(members[:count])
     held_out = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
     keep = np.setdiff1d(np.arange(len(labels)), held_out)

@@ -121,9 +121,7 @@ class Method(nn.Module):
     def batch_size(self, features: Any) -> int:
         return int(features.shape[0])
 
-    def forward(
-        self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor
-    ) -> MethodOutput:
+    def forward(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> MethodOutput:
         return self.decode(self.encode(inputs, mask), mask)
 
     def training_mask(self, present: torch.Tensor) -> torch.Tensor:
@@ -134,15 +132,27 @@ class Method(nn.Module):
         """Method-specific weighted loss terms (e.g. DMRNet's alpha * KL)."""
         return {}
 
+    def task_loss(self, output: MethodOutput, target: torch.Tensor) -> torch.Tensor:
+        """(B,) task loss of each sample. Methods with side outputs (deep supervision) add them."""
+        return self.task.per_sample_loss(output.logits, target)
+
+    def hcr_task_loss(
+        self, output: MethodOutput, target: torch.Tensor, per_sample: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) loss the HCR adds on hard samples: the task loss, unless the method trains a
+        head of its own for them (the paper's segmentation code: an auxiliary decoder)."""
+        return per_sample
+
     def loss(self, output: MethodOutput, target: torch.Tensor, mask: torch.Tensor) -> LossOutput:
         """Task loss + method terms + beta * HCR, and (in training) feed the HCR statistics."""
-        per_sample = self.task.per_sample_loss(output.logits, target)
+        per_sample = self.task_loss(output, target)
         terms = {"task": per_sample.mean()}
         terms.update(self.extra_losses(output))
         combination = self.modalities.combination_index(mask)
         if self.training:
             self.hcr.observe(combination, per_sample.detach(), output.variance)
-            hcr_loss = self.hcr.loss(combination, per_sample)
+            hard_loss = self.hcr_task_loss(output, target, per_sample) if self.hcr.active else None
+            hcr_loss = None if hard_loss is None else self.hcr.loss(combination, hard_loss)
             if hcr_loss is not None:
                 terms["hcr"] = hcr_loss
         total = torch.stack(list(terms.values())).sum()

@@ -86,7 +86,9 @@ class HardCombinationRegularizer(nn.Module):
     @property
     def active(self) -> bool:
         """True once the warm-up is over and something was selected."""
-        return self.enabled and int(self.epoch) >= self.config.warmup_epochs and bool(self.hard.any())
+        return (
+            self.enabled and int(self.epoch) >= self.config.warmup_epochs and bool(self.hard.any())
+        )
 
     def hard_names(self) -> list[str]:
         return [self.modalities.format(self.combinations[i]) for i in torch.nonzero(self.hard)]
@@ -116,7 +118,9 @@ class HardCombinationRegularizer(nn.Module):
         return mean_variance, mean_loss, count
 
     # -- selection --------------------------------------------------------------------------
-    def select(self, variance: torch.Tensor, loss: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    def select(
+        self, variance: torch.Tensor, loss: torch.Tensor, count: torch.Tensor
+    ) -> torch.Tensor:
         """Apply the configured rule to per-combination statistics -> (C,) bool."""
         rule, k = self.config.rule, self.config.k
         sizes = torch.tensor([len(c) for c in self.combinations])

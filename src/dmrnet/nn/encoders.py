@@ -68,4 +68,6 @@ def build_encoder(
     try:
         return builder(tuple(input_shape), out_features, **options)
     except TypeError as error:
-        raise ConfigError(f"model.encoder: bad options {sorted(options)} for {name!r}: {error}")
+        raise ConfigError(
+            f"model.encoder: bad options {sorted(options)} for {name!r}: {error}"
+        ) from None
