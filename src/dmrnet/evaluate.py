@@ -228,15 +228,27 @@ class CombinationEvaluator(nn.Module):
         self.combinations = list(combinations or self.modalities.combinations())
         self.provides_variance = bool(method.provides_variance)
         self.register_buffer("masks", self.modalities.masks(self.combinations))  # (C, M)
+        plain = calibration is None and not calibrating
+        # One vectorized metric for all combinations when the task offers it, else one
+        # torchmetrics collection per combination.
+        self.combined = (
+            method.task.make_combination_metrics(len(self.combinations)) if plain else None
+        )
         self.metrics = nn.ModuleList(
-            _combination_metrics(method.task, c, calibration, calibrating)
-            for c in self.combinations
+            []
+            if self.combined is not None
+            else [
+                _combination_metrics(method.task, c, calibration, calibrating)
+                for c in self.combinations
+            ]
         )
         count = len(self.combinations)
         self.register_buffer("variance_sum", torch.zeros(count, dtype=torch.float64))
         self.register_buffer("samples", torch.zeros(count, dtype=torch.float64))
 
     def reset(self) -> None:
+        if self.combined is not None:
+            self.combined.reset()
         for metrics in self.metrics:
             for metric in metrics.values():
                 metric.reset()
@@ -257,15 +269,19 @@ class CombinationEvaluator(nn.Module):
             outputs = [
                 method(batch["inputs"], mask.expand(present.shape[0], -1)) for mask in self.masks
             ]
+        # A sample counts for a combination only if it has every modality the combination uses.
+        usable = (present.unsqueeze(0) | ~self.masks.unsqueeze(1)).all(-1)  # (C, B)
+        self.samples += usable.sum(1)
+        if outputs[0].variance is not None:
+            variance = torch.stack([o.variance for o in outputs]).double()  # (C, B)
+            self.variance_sum += (variance * usable).sum(1)
+        if self.combined is not None:
+            self.combined.update(torch.stack([o.logits for o in outputs]), target, usable)
+            return
         for index, output in enumerate(outputs):
-            usable = (present | ~self.masks[index]).all(-1)  # has all the combination uses
-            if not bool(usable.any()):
-                continue
-            for metric in self.metrics[index].values():
-                metric.update(output.logits[usable], target[usable])
-            self.samples[index] += usable.sum()
-            if output.variance is not None:
-                self.variance_sum[index] += output.variance[usable].double().sum()
+            if bool(usable[index].any()):
+                for metric in self.metrics[index].values():
+                    metric.update(output.logits[usable[index]], target[usable[index]])
 
     def compute(self) -> list[CombinationResult]:
         sums = torch.stack([self.samples, self.variance_sum])
@@ -273,12 +289,17 @@ class CombinationEvaluator(nn.Module):
             sums = sums.clone()
             dist.all_reduce(sums)
         samples, variance_sum = sums
+        combined = self.combined.compute() if self.combined is not None else None
         results = []
         for index, combination in enumerate(self.combinations):
             count = int(samples[index])
             values: dict[str, float] = {}
             per_class: dict[str, list[float | None]] = {}
-            for name, metric in self.metrics[index].items():
+            if combined is not None:
+                values = {
+                    k: float(v[index]) if count else float("nan") for k, v in combined.items()
+                }
+            for name, metric in [] if combined is not None else self.metrics[index].items():
                 if not count:
                     values[name] = float("nan")
                     continue

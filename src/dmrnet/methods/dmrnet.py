@@ -22,6 +22,8 @@ from dmrnet.config import HCRConfig, ModelConfig
 from dmrnet.data.base import DataSpec
 from dmrnet.methods.base import METHODS, EncoderFusionMethod, MethodOutput, decode_with
 from dmrnet.nn import GaussianEmbedding, MaskedLinearFusion, gaussian_kl
+from dmrnet.nn.fusion import fused_many
+from dmrnet.nn.gaussian import LOGVAR_BOUND
 from dmrnet.tasks import Task
 
 
@@ -66,7 +68,17 @@ class DMRNet(EncoderFusionMethod):
         return self.embed(lambda fusion: fusion(features, mask))
 
     def decode_many(self, features: torch.Tensor, masks: torch.Tensor) -> list[MethodOutput]:
-        return decode_with(self.embed, features, masks)
+        if self.training:  # sampling: no shortcut
+            return decode_with(self.embed, features, masks)
+        # Evaluation predicts from mu; mu -> logits is affine, so it folds (see fused_many).
+        embedding = self.embedding
+        logits = fused_many(
+            embedding.mu_proj, embedding.mu_norm, features, masks, head=self.classifier
+        )
+        logvar = fused_many(embedding.logvar_proj, embedding.logvar_norm, features, masks)
+        # In place: this (C, B, E) tensor is the largest of the evaluation.
+        variance = logvar.clamp_(-LOGVAR_BOUND, LOGVAR_BOUND).exp_().mean(-1)  # (C, B)
+        return [MethodOutput(logits=x, variance=v) for x, v in zip(logits, variance, strict=True)]
 
     def extra_losses(self, output: MethodOutput) -> dict[str, torch.Tensor]:
         kl = gaussian_kl(output.extras["mu"], output.extras["logvar"])

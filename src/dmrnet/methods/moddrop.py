@@ -15,8 +15,9 @@ from torch import nn
 
 from dmrnet.config import ModelConfig
 from dmrnet.data.base import DataSpec
-from dmrnet.methods.base import METHODS, EncoderFusionMethod, MethodOutput, decode_with
+from dmrnet.methods.base import METHODS, EncoderFusionMethod, MethodOutput
 from dmrnet.nn import MaskedLinearFusion
+from dmrnet.nn.fusion import fused_many
 from dmrnet.tasks import Task
 
 
@@ -43,4 +44,5 @@ class ModDrop(EncoderFusionMethod):
         return self.embed(lambda fusion: fusion(features, mask))
 
     def decode_many(self, features: torch.Tensor, masks: torch.Tensor) -> list[MethodOutput]:
-        return decode_with(self.embed, features, masks)
+        logits = fused_many(self.fusion, self.norm, features, masks, head=self.classifier)
+        return [MethodOutput(logits=x) for x in logits]
