@@ -37,6 +37,26 @@ def summarize(
     }
 
 
+class CombinationAccuracy(Metric):
+    """Accuracy of C combinations at once: states are (C,) counts, reduced by sum across DDP
+    processes. update(logits (C, B, K), target (B,), usable (C, B) bool)."""
+
+    full_state_update = False
+
+    def __init__(self, count: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", torch.zeros(count, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(count, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, usable: torch.Tensor) -> None:
+        hits = (logits.argmax(-1) == target.unsqueeze(0)) & usable  # (C, B)
+        self.correct += hits.sum(1)
+        self.total += usable.sum(1)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"accuracy": self.correct.double() / self.total.clamp(min=1)}
+
+
 # -- presentation-attack detection (ISO/IEC 30107-3) --------------------------------------------
 #
 # A PAD system decides, per sample, "bona fide" (a live face) or "attack" (a presentation attack:
@@ -177,7 +197,8 @@ class PresentationAttackMetric(Metric):
         if self.threshold is None:
             accepted = logits.argmax(-1) == self.bona_fide_class
         else:
-            accepted = pad_scores(logits.detach(), self.bona_fide_class) >= self.threshold
+            scores = pad_scores(logits.detach(), self.bona_fide_class).double()
+            accepted = scores >= self.threshold
         self.bona_accepted += (bona_fide & accepted).sum()
         self.bona_rejected += (bona_fide & ~accepted).sum()
         self.attack_accepted += (~bona_fide & accepted).sum()
@@ -185,13 +206,13 @@ class PresentationAttackMetric(Metric):
 
     def compute(self) -> torch.Tensor:
         if self.self_calibrate:
-            scores = dim_zero_cat(self.scores)
+            scores = dim_zero_cat(self.scores).double()
             bona_fide = dim_zero_cat(self.bona_fide).bool()
             if bool(bona_fide.all()) or not bool(bona_fide.any()):
                 # One class only: no EER threshold, and one of the rates is undefined anyway.
                 accepted = scores >= 0
             else:
-                accepted = scores >= equal_error_threshold(scores, bona_fide).to(scores.dtype)
+                accepted = scores >= equal_error_threshold(scores, bona_fide)
             counts = [
                 (bona_fide & accepted).sum(),
                 (bona_fide & ~accepted).sum(),
@@ -229,7 +250,7 @@ class EqualErrorThreshold(Metric):
     def compute(self) -> torch.Tensor:
         scores, bona_fide = dim_zero_cat(self.scores), dim_zero_cat(self.bona_fide)
         try:
-            return equal_error_threshold(scores, bona_fide).float()
+            return equal_error_threshold(scores, bona_fide)
         except ValueError as error:
             raise DataError(
                 f"cannot calibrate the PAD decision threshold on the validation split: {error}; "

@@ -16,7 +16,7 @@ import torchmetrics
 from torch import nn
 
 from dmrnet.data.base import DataSpec
-from dmrnet.metrics import EqualErrorThreshold, PresentationAttackMetric
+from dmrnet.metrics import CombinationAccuracy, EqualErrorThreshold, PresentationAttackMetric
 from dmrnet.registry import Registry
 
 
@@ -50,6 +50,14 @@ class Task:
     def make_metrics(self) -> nn.ModuleDict:
         """Fresh torchmetrics objects keyed by metric name (they sync across DDP processes)."""
         raise NotImplementedError
+
+    def make_combination_metrics(self, count: int) -> torchmetrics.Metric | None:
+        """Optional fast path: ONE metric for `count` combinations at once, updated with
+        (logits (C, B, ...), target (B, ...), usable (C, B)) and computing {name: (C,) values}
+        for the names of `metrics`. Creating and updating one torchmetrics object per
+        combination costs more than decoding all 63 combinations of a 6-view data set, so tasks
+        with simple metrics provide this; None falls back to `make_metrics` per combination."""
+        return None
 
     # -- optional calibration on held-out data (presentation-attack detection's threshold)
     def make_calibration(self) -> torchmetrics.Metric | None:
@@ -110,6 +118,11 @@ class ClassificationTask(Task):
                 )
             }
         )
+
+    def make_combination_metrics(self, count: int) -> torchmetrics.Metric | None:
+        if type(self).make_metrics is not ClassificationTask.make_metrics:
+            return None  # a subclass with other metrics (e.g. presentation-attack detection)
+        return CombinationAccuracy(count)
 
 
 class SegmentationTask(Task):
