@@ -36,5 +36,8 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+bench: $(BIN)/.installed
+	$(BIN)/dmrnet bench standard --out runs/bench/standard --report BENCHMARKS.md --figures docs/figures/benchmarks
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -80,7 +80,7 @@ class Predictor:
         if bool(empty.any()):
             raise DataError(f"sample {int(torch.nonzero(empty)[0])} has no modality present")
         output = self.method(full, present)
-        probabilities = torch.softmax(output.logits, dim=-1)
+        probabilities = torch.softmax(output.logits, dim=1)  # classes: dim 1, also for maps
         return Prediction(
             labels=self.method.task.predict(output.logits),
             probabilities=probabilities,

@@ -1,4 +1,4 @@
-"""Command line: dmrnet train | evaluate | predict | datasets."""
+"""Command line: dmrnet train | evaluate | predict | datasets | bench."""
 
 from __future__ import annotations
 
@@ -100,6 +100,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"({'+'.join(names)})"
         )
     prediction = predictor.predict(arrays)
+    # Tasks with outputs of their own (segmentation: colour masks) write them into a folder.
+    folder = Path(args.out or "predictions")
+    files = predictor.method.task.write_predictions(prediction, folder, predictor.spec)
+    if files is not None:
+        print(f"{prediction.labels.shape[0]} predictions written to {folder}/ ({len(files)} files)")
+        if ignored:
+            print(f"ignored keys that are not modalities: {', '.join(ignored)}", file=sys.stderr)
+        return 0
     class_names = predictor.spec.class_names
     out = Path(args.out) if args.out else None
     handle = out.open("w", newline="") if out else sys.stdout
@@ -148,6 +156,43 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             status = "user-provided"
         table.add_row(name, entry.description, status)
     _console().print(table)
+    return 0
+
+
+def _csv_list(values: list[str] | None) -> list[str] | None:
+    return [v.strip() for part in values for v in part.split(",") if v.strip()] if values else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dmrnet.bench import load_suite, run_bench
+
+    seeds = _csv_list(args.seeds)
+    try:
+        seed_numbers = [int(s) for s in seeds] if seeds else None
+    except ValueError:
+        raise DmrnetError(f"--seeds: expected integers, got {', '.join(seeds or [])}") from None
+    loaded = load_suite(
+        args.suite,
+        overrides=list(args.set),
+        seeds=seed_numbers,
+        methods=_csv_list(args.methods),
+        datasets=_csv_list(args.datasets),
+    )
+    if args.no_speed:
+        loaded.suite.speed.enabled = False
+    if not args.verbose:
+        # Runs log to their train.log; the console shows the bench's progress.
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
+    out = Path(args.out or Path("runs") / "bench" / loaded.suite.name)
+    run_bench(
+        loaded,
+        out,
+        data_root=args.data_root,
+        device=args.device,
+        report=args.report,
+        figures=args.figures,
+    )
     return 0
 
 
@@ -209,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("input", metavar="INPUT_FILE")
-    predict.add_argument("--out", help="CSV output file (default: standard output)")
+    predict.add_argument(
+        "--out",
+        help="CSV output file (default: standard output); segmentation: a folder for the colour "
+        "masks, labels.npz and classes.csv (default: predictions/)",
+    )
     predict.set_defaults(func=cmd_predict)
 
     datasets = commands.add_parser(
@@ -217,6 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     datasets.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
     datasets.set_defaults(func=cmd_datasets)
+
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark suite: methods x datasets x seeds, with a report",
+        description="Train every method of SUITE on every dataset and seed (finished runs are "
+        "skipped, interrupted ones resumed), measure speed and memory, and write OUT/report.md "
+        "and OUT/results.json.",
+    )
+    bench.add_argument("suite", metavar="SUITE", help="suite file, or a name in benchmarks/suites/")
+    bench.add_argument("--out", help="output folder (default: runs/bench/<suite name>)")
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value in every run, e.g. --set train.epochs=1 (repeatable)",
+    )
+    bench.add_argument("--seeds", action="append", help="only these seeds, e.g. 0,1")
+    bench.add_argument("--methods", action="append", help="only these methods (suite labels)")
+    bench.add_argument("--datasets", action="append", help="only these datasets (suite labels)")
+    bench.add_argument("--no-speed", action="store_true", help="skip speed and memory")
+    bench.add_argument("--device", default="cpu", help="device of the speed measurements")
+    bench.add_argument("--report", help="also write the Markdown report here, e.g. BENCHMARKS.md")
+    bench.add_argument("--figures", help="figures folder of --report (default: beside it)")
+    bench.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

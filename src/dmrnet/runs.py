@@ -7,6 +7,8 @@ RUN_DIR/
   logs/metrics.csv       per-step and per-epoch logs (losses, val summaries, HCR statistics)
   train.log              the run's log lines
   results.{json,csv,md,png}  every-combination evaluation on the test split
+  predictions.png        dense tasks (segmentation): a few test samples, predicted under each
+                         combination
   stages/<name>/         earlier stages of a multi-stage method (e.g. MMANet's teacher): their
                          own checkpoints/ and logs/, and STAGE_DONE once finished
 """
@@ -191,6 +193,7 @@ def train(
     loaded = load_checkpoint(resolve_checkpoint(run_dir))
     report = evaluate_model(loaded.method, loaded.config, data, "test")
     report.write(run_dir)
+    write_pictures(loaded.method, data.test, report, run_dir)
     return report
 
 
@@ -333,7 +336,17 @@ def evaluate_run(
         run_dir = checkpoints.parent if checkpoints.name == "checkpoints" else checkpoints
         out_dir = run_dir if split == "test" else run_dir / split
     report.write(out_dir)
+    write_pictures(loaded.method, getattr(data, split), report, out_dir)
     return report
+
+
+def write_pictures(
+    method: Method, dataset: Any, report: EvaluationReport, out_dir: str | Path
+) -> Path | None:
+    """The task's picture of a few samples predicted under the report's combinations
+    (segmentation: predictions.png); tasks without one (classification) write nothing."""
+    combinations = [r.combination for r in report.results]
+    return method.task.visualize(method, dataset, combinations, Path(out_dir) / "predictions.png")
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -81,7 +81,7 @@ class Task:
         return None
 
     def write_predictions(
-        self, prediction: Any, inputs: dict[str, Any], out_dir: Path, spec: DataSpec
+        self, prediction: Any, out_dir: Path, spec: DataSpec
     ) -> list[Path] | None:
         """Write `dmrnet predict` results in the task's own format (e.g. colour masks) into
         `out_dir`; None when the task has none and the per-sample CSV is the output."""
@@ -194,11 +194,11 @@ class SegmentationTask(Task):
         return prediction_grid(method, dataset, combinations, path)
 
     def write_predictions(
-        self, prediction: Any, inputs: dict[str, Any], out_dir: Path, spec: DataSpec
+        self, prediction: Any, out_dir: Path, spec: DataSpec
     ) -> list[Path] | None:
         from dmrnet.visualize import write_masks
 
-        return write_masks(prediction, inputs, out_dir, spec)
+        return write_masks(prediction, out_dir, spec)
 
 
 class PresentationAttackTask(ClassificationTask):

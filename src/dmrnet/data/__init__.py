@@ -11,7 +11,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dmrnet.data import handwritten, multiview
+from dmrnet.data import (
+    audiovisual,
+    avdigits,
+    casia_surf,
+    cremad,
+    digits_rgbd,
+    handwritten,
+    handwritten_pad,
+    kinetics_sounds,
+    mnist,
+    multiview,
+    nyuv2,
+)
 from dmrnet.data.base import DATASETS, DataSpec, DataSplits
 from dmrnet.data.store import DataStore, RemoteFile
 from dmrnet.errors import ConfigError
@@ -22,9 +34,18 @@ __all__ = [
     "DataSplits",
     "DataStore",
     "RemoteFile",
+    "audiovisual",
+    "avdigits",
     "build_data",
+    "casia_surf",
+    "cremad",
+    "digits_rgbd",
     "handwritten",
+    "handwritten_pad",
+    "kinetics_sounds",
+    "mnist",
     "multiview",
+    "nyuv2",
 ]
 
 

@@ -1,6 +1,16 @@
 """Methods: DMRNet and the baselines, all behind one interface (see methods/base.py)."""
 
-from dmrnet.methods import dmrnet, moddrop  # noqa: F401  (registration)
+from dmrnet.methods import (  # noqa: F401  (registration)
+    dedicated,
+    dmrnet,
+    hemis,
+    late_fusion,
+    mmanet,
+    moddrop,
+    segmentation,
+    shaspec,
+    surf,
+)
 from dmrnet.methods.base import (
     METHODS,
     EncoderFusionMethod,

@@ -1,0 +1,454 @@
+"""Benchmark results: aggregation over seeds, paired comparison with the reference method, and the
+Markdown report (tables + figures) and JSON file.
+
+Statistics: mean and sample standard deviation (n - 1) over seeds; a method is compared with the
+reference seed by seed (same seed = same validation split and the same data order), as the
+difference method - reference, and as the reference's wins, ties and losses over the seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SUMMARY_KEYS = ("mean", "worst", "full", "expected")
+SUMMARY_TITLES = {
+    "mean": "mean over combinations",
+    "worst": "worst combination",
+    "full": "all modalities",
+    "expected": "expected, p = 0.5",
+}
+SPEEDUP_TARGET = 5.0
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def summary_key(key: str) -> str:
+    """results.json names the expected value `expected_p<p>`; the bench calls it `expected`."""
+    return "expected" if key.startswith("expected_p") else key
+
+
+def aggregate_method(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed results.json contents -> per-combination and summary mean +- std."""
+    seeds = sorted(results)
+    names = list(results[seeds[0]]["combinations"])
+    summaries = {
+        seed: {summary_key(k): v for k, v in results[seed]["summary"].items()} for seed in seeds
+    }
+    return {
+        "seeds": {
+            str(seed): {"combinations": results[seed]["combinations"], "summary": summaries[seed]}
+            for seed in seeds
+        },
+        "combinations": {
+            name: mean_std([results[s]["combinations"][name] for s in seeds]) for name in names
+        },
+        "summary": {key: mean_std([summaries[s].get(key) for s in seeds]) for key in SUMMARY_KEYS},
+    }
+
+
+def compare(
+    method: dict[str, Any], reference: dict[str, Any], higher_is_better: bool
+) -> dict[str, Any]:
+    """Paired comparison over the seeds both have: differences (method - reference) of every
+    summary, the reference's wins/ties/losses, and per combination (mean over seeds) how often
+    each is better."""
+    seeds = sorted(set(method["seeds"]) & set(reference["seeds"]), key=int)
+    sign = 1.0 if higher_is_better else -1.0
+    out: dict[str, Any] = {"seeds": [int(s) for s in seeds]}
+    for key in SUMMARY_KEYS:
+        pairs = [
+            (method["seeds"][s]["summary"].get(key), reference["seeds"][s]["summary"].get(key))
+            for s in seeds
+        ]
+        pairs = [(m, r) for m, r in pairs if m is not None and r is not None]
+        differences = [m - r for m, r in pairs]
+        out[key] = {
+            "difference": mean_std(differences),
+            "reference_wins": sum(sign * (r - m) > 0 for m, r in pairs),
+            "ties": sum(m == r for m, r in pairs),
+            "reference_losses": sum(sign * (m - r) > 0 for m, r in pairs),
+        }
+    better = worse = 0
+    for name, value in method["combinations"].items():
+        ours, theirs = reference["combinations"][name]["mean"], value["mean"]
+        if ours is None or theirs is None:
+            continue
+        better += sign * (ours - theirs) > 0
+        worse += sign * (theirs - ours) > 0
+    out["combinations_reference_better"] = better
+    out["combinations_method_better"] = worse
+    out["combinations"] = len(method["combinations"])
+    return out
+
+
+def leaders(methods: dict[str, dict[str, Any]], higher_is_better: bool) -> dict[str, str]:
+    """The method with the best seed-mean of each summary."""
+    best = {}
+    for key in SUMMARY_KEYS:
+        scored = [
+            (m["summary"][key]["mean"], label)
+            for label, m in methods.items()
+            if m["summary"][key]["mean"] is not None
+        ]
+        if scored:
+            pick = max if higher_is_better else min
+            best[key] = pick(scored)[1]
+    return best
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+def _pct(value: float | None, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def _pct_std(stat: dict[str, Any], signed: bool = False) -> str:
+    text = _pct(stat["mean"], signed)
+    return text if stat.get("std") is None else f"{text} ± {100 * stat['std']:.2f}"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def lead_statements(dataset: dict[str, Any], reference: str) -> list[str]:
+    """Plain sentences: does the reference lead on mean and on worst combination?"""
+    lines = []
+    methods = dataset["methods"]
+    higher = dataset["higher_is_better"]
+    for key in ("mean", "worst"):
+        leader = dataset["leaders"].get(key)
+        if leader is None or reference not in methods:
+            continue
+        title = SUMMARY_TITLES[key]
+        ours = methods[reference]["summary"][key]["mean"]
+        if leader == reference:
+            others = [
+                (m["summary"][key]["mean"], label)
+                for label, m in methods.items()
+                if label != reference and m["summary"][key]["mean"] is not None
+            ]
+            if others:
+                value, runner_up = (max if higher else min)(others)
+                lines.append(
+                    f"**{reference} leads on the {title}**: {_pct(ours)}, ahead of {runner_up} "
+                    f"({_pct(value)}) by {abs(100 * (ours - value)):.2f} points."
+                )
+            continue
+        theirs = methods[leader]["summary"][key]["mean"]
+        paired = methods[leader]["comparison"][key]
+        n = len(methods[leader]["comparison"]["seeds"])
+        lines.append(
+            f"**{reference} does not lead on the {title}**: {leader} has {_pct(theirs)} against "
+            f"{reference}'s {_pct(ours)} ({abs(100 * (theirs - ours)):.2f} points; {leader} is "
+            f"better on {paired['reference_losses']} of {n} seeds)."
+        )
+    return lines
+
+
+def speed_statement(dataset: dict[str, Any], reference: str) -> str | None:
+    speed = dataset["methods"].get(reference, {}).get("speed")
+    if not speed or speed.get("evaluation", {}).get("speedup") is None:
+        return None
+    evaluation = speed["evaluation"]
+    ratio = evaluation["speedup"]
+    verdict = "met" if ratio >= SPEEDUP_TARGET else "**not met**"
+    return (
+        f"Evaluating all {evaluation['combinations']} combinations of {reference} in one pass took "
+        f"{1000 * evaluation['one_pass_s']:.1f} ms against {1000 * evaluation['loop_s']:.1f} ms "
+        f"for the per-combination loop: {ratio:.1f}x faster (target >= {SPEEDUP_TARGET:g}x: "
+        f"{verdict})."
+    )
+
+
+def dataset_markdown(
+    name: str, dataset: dict[str, Any], reference: str, figures: dict[str, str]
+) -> list[str]:
+    methods = dataset["methods"]
+    metric = dataset["metric"]
+    seeds = dataset["seeds"]
+    lines = [
+        f"## {name}",
+        "",
+        f"{metric} on the {dataset['split']} split ({len(dataset['combinations'])} modality "
+        f"combinations of {', '.join(dataset['modalities'])}), in %, mean ± standard deviation "
+        f"over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}).",
+        "",
+    ]
+    lines += [f"- {s}" for s in lead_statements(dataset, reference)]
+    statement = speed_statement(dataset, reference)
+    if statement:
+        lines.append(f"- {statement}")
+    lines += [
+        "",
+        "### Summaries",
+        "",
+        "| method | config | "
+        + " | ".join(SUMMARY_TITLES[k] for k in SUMMARY_KEYS)
+        + " | training wall time (s) |",
+        "|---|---|" + "---:|" * (len(SUMMARY_KEYS) + 1),
+    ]
+    for label, m in methods.items():
+        cells = [_pct_std(m["summary"][k]) for k in SUMMARY_KEYS]
+        wall = m.get("train_wall_s") or {}
+        lines.append(
+            f"| {label} | `{m['config']}` | " + " | ".join(cells) + f" | {_num(wall.get('mean'))} |"
+        )
+    lines += [
+        "",
+        "Training wall time: one whole run (training, validation of every combination each "
+        "epoch, the final test evaluation), mean over seeds; it depends on the load of the "
+        "machine at the time.",
+    ]
+    if "summaries" in figures:
+        lines += ["", f"![summaries]({figures['summaries']})"]
+    lines += _comparison_table(methods, reference)
+    lines += _speed_table(methods)
+    lines += _combination_table(dataset, figures)
+    return lines
+
+
+def _comparison_table(methods: dict[str, dict[str, Any]], reference: str) -> list[str]:
+    if reference not in methods:
+        return ["", f"No results of {reference} in this selection: no paired comparison."]
+    lines = [
+        "",
+        f"### Paired comparison with {reference}",
+        "",
+        f"Differences are method - {reference} in points (mean ± std over the paired seeds); "
+        f"W/T/L counts the seeds on which {reference} is better / equal / worse; the last column "
+        f"counts combinations (mean over seeds) on which {reference} / the method is better.",
+        "",
+        "| method | Δ mean | W/T/L (mean) | Δ worst | W/T/L (worst) | Δ all modalities | "
+        f"Δ expected | combinations {reference} / method better |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, m in methods.items():
+        if label == reference:
+            continue
+        c = m["comparison"]
+
+        def wtl(key: str, comparison: dict[str, Any] = c) -> str:
+            part = comparison[key]
+            return f"{part['reference_wins']}/{part['ties']}/{part['reference_losses']}"
+
+        lines.append(
+            f"| {label} | {_pct_std(c['mean']['difference'], True)} | {wtl('mean')} | "
+            f"{_pct_std(c['worst']['difference'], True)} | {wtl('worst')} | "
+            f"{_pct_std(c['full']['difference'], True)} | "
+            f"{_pct_std(c['expected']['difference'], True)} | "
+            f"{c['combinations_reference_better']} / {c['combinations_method_better']} |"
+        )
+    return lines
+
+
+def _speed_table(methods: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [(label, m["speed"]) for label, m in methods.items() if m.get("speed")]
+    if not rows:
+        return []
+    device = rows[0][1].get("device", "cpu")
+    lines = [
+        "",
+        "### Speed and memory",
+        "",
+        f"Measured on the first seed's trained model, device `{device}`, one method after the "
+        "other: on a shared machine the load can differ between rows, so compare the ratio "
+        "column (both timings of a row alternate) more than absolute times across rows. "
+        "Training: samples/s of the training step (dropout mask, forward, loss, backward, "
+        "optimizer step; for a multi-stage method its final stage), median of the repeats. "
+        "Evaluation: every combination of the test split, "
+        "encoders once + `decode_many` (one pass) against re-encoding per combination "
+        "(`evaluate_combinations(..., batched=False)`), median of the repeats, timed alternately. "
+        "Peak memory, in a fresh process, above the level with the data loaded and no "
+        "model yet (CPU: resident set size; CUDA: allocated memory): training counts the "
+        "weights, gradients, optimizer state and activations, evaluation the weights and one "
+        "pass over every combination.",
+        "",
+        "| method | parameters | training samples/s | one pass (ms) | per-combination loop (ms) "
+        "| loop / one pass | same results | peak memory training (MiB) | peak memory "
+        "evaluation (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for label, speed in rows:
+        training, evaluation = speed.get("training", {}), speed.get("evaluation", {})
+        same = evaluation.get("max_metric_difference")
+        lines.append(
+            f"| {label} | {_num(training.get('parameters'), 0)} | "
+            f"{_num(training.get('samples_per_s'), 0)} | "
+            f"{_num(_ms(evaluation.get('one_pass_s')))} | {_num(_ms(evaluation.get('loop_s')))} | "
+            f"{_num(evaluation.get('speedup'))}x | "
+            f"{'–' if same is None else ('yes' if same < 1e-6 else f'no ({same:.2g})')} | "
+            f"{_num(training.get('peak_memory_mib'))} | {_num(evaluation.get('peak_memory_mib'))} |"
+        )
+    return lines
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
+
+
+def _combination_table(dataset: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    methods = dataset["methods"]
+    lines = ["", "### Every combination", ""]
+    if "combinations" in figures:
+        lines += [f"![every combination]({figures['combinations']})", ""]
+    labels = list(methods)
+    lines += [
+        "| combination | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
+    for name in dataset["combinations"]:
+        cells = [_pct_std(methods[label]["combinations"][name]) for label in labels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(
+    results: dict[str, Any], figures: dict[str, dict[str, str]], title: str | None = None
+) -> str:
+    machine = results["machine"]
+    lines = [
+        title or f"# dmrnet benchmarks: suite `{results['suite']}`",
+        "",
+        f"Generated by `{results['command']}` on {results['date']}.",
+        "",
+        f"Machine: {machine['summary']}.",
+        "",
+    ]
+    if results.get("description"):
+        lines += [results["description"].strip(), ""]
+    if results.get("overrides"):
+        shown = ", ".join(f"`{o}`" for o in results["overrides"])
+        lines += [f"Overrides applied to every run: {shown}.", ""]
+    if results.get("notes"):
+        lines += [f"- {note}" for note in results["notes"]] + [""]
+    for name, dataset in results["datasets"].items():
+        lines += dataset_markdown(name, dataset, results["reference"], figures.get(name, {}))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- figures ----------------------------------------------------------------------------------
+def plot_combinations(dataset: dict[str, Any], title: str, path: Path, reference: str) -> None:
+    """Heatmaps over methods (rows) x combinations (columns), mean over seeds: the metric in %,
+    and below it each method's difference from the reference in points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = list(dataset["methods"])
+    names = dataset["combinations"]
+    values = np.array(
+        [
+            [
+                np.nan
+                if (v := dataset["methods"][m]["combinations"][n]["mean"]) is None
+                else 100 * v
+                for n in names
+            ]
+            for m in labels
+        ]
+    )
+    panels = [(values, f"{dataset['metric']} (%)", "viridis", None)]
+    if reference in labels:
+        difference = values - values[labels.index(reference)]
+        bound = float(np.nanmax(np.abs(difference))) if np.isfinite(difference).any() else 1.0
+        panels.append(
+            (difference, f"difference from {reference} (points)", "RdBu", max(bound, 1e-6))
+        )
+    width = max(6.0, 0.17 * len(names) + 3.0)
+    height = 0.3 * len(labels) + 1.0
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(width, height * len(panels) + 1.6), sharex=True, squeeze=False
+    )
+    for ax, (data, label, cmap, bound) in zip(axes[:, 0], panels, strict=True):
+        limits = {} if bound is None else {"vmin": -bound, "vmax": bound}
+        image = ax.imshow(data, aspect="auto", cmap=cmap, **limits)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        fig.colorbar(image, ax=ax, label=label, fraction=0.03, pad=0.01)
+    axes[-1, 0].set_xticks(
+        range(len(names)), names, rotation=90, fontsize=6 if len(names) > 20 else 8
+    )
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_summaries(dataset: dict[str, Any], title: str, path: Path) -> None:
+    """Grouped bars: every method's summaries, with the standard deviation over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = list(dataset["methods"])
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(labels) + 4.5), 4.2))
+    width = 0.8 / len(SUMMARY_KEYS)
+    lowest = 100.0
+    for i, key in enumerate(SUMMARY_KEYS):
+        stats = [dataset["methods"][m]["summary"][key] for m in labels]
+        means = np.array([np.nan if s["mean"] is None else 100 * s["mean"] for s in stats])
+        errors = np.array([0.0 if s["std"] is None else 100 * s["std"] for s in stats])
+        positions = np.arange(len(labels)) + (i - (len(SUMMARY_KEYS) - 1) / 2) * width
+        ax.bar(positions, means, width, yerr=errors, capsize=2, label=SUMMARY_TITLES[key])
+        if np.isfinite(means).any():
+            lowest = min(lowest, float(np.nanmin(means)))
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{dataset['metric']} (%)")
+    if dataset["higher_is_better"]:
+        ax.set_ylim(max(0.0, lowest - 5), 100)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(
+    results: dict[str, Any], report: Path, figures_dir: Path, json_path: Path | None = None
+) -> list[Path]:
+    """The Markdown report (figure links relative to it), its figures and the JSON file."""
+    import os
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    links: dict[str, dict[str, str]] = {}
+    for name, dataset in results["datasets"].items():
+        paths = {
+            "summaries": figures_dir / f"{results['suite']}-{name}-summaries.png",
+            "combinations": figures_dir / f"{results['suite']}-{name}-combinations.png",
+        }
+        plot_summaries(dataset, f"{name}: summaries over combinations", paths["summaries"])
+        plot_combinations(
+            dataset,
+            f"{name}: {dataset['metric']} per combination",
+            paths["combinations"],
+            results["reference"],
+        )
+        written += list(paths.values())
+        links[name] = {
+            k: Path(os.path.relpath(p, report.parent)).as_posix() for k, p in paths.items()
+        }
+    report.write_text(render_markdown(results, links))
+    written.append(report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        written.append(json_path)
+    return written

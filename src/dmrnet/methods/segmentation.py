@@ -1,0 +1,547 @@
+"""Dense DMRNet for semantic segmentation, and its deterministic ModDrop baseline.
+
+The paper's segmentation code builds DMRNet into ESANet (Seichter et al., ICRA 2021). dmrnet's
+network is the same design, general in the number of modalities M:
+
+    branch m (one ResNet per modality):  stem -> layer1 -> layer2 -> layer3 -> layer4
+    fusion after the stem and every stage:   f_l = sum over m of mask_m * SE_m(x_m,l)
+    the *primary* branch (the first modality: RGB in ESANet) continues from the fused map f_l,
+        the other branches continue on their own features (ESANet's "fuse depth in RGB encoder")
+    f_4 -> context module (pyramid pooling) -> [DMRNet: Gaussian embedding, z] -> decoder
+    decoder: 3 modules [3x3 conv, non-bottleneck-1D blocks, learned x2 upsampling, + skip(f_l)]
+             -> 3x3 conv to the classes -> learned upsampling to the input size
+    multi-scale supervision: a 1x1-conv side output per decoder module, in training only
+
+Absent modalities contribute nothing: their maps are zeroed before the squeeze-excitation gate
+(SE(0) = 0), exactly as the paper's code multiplies every stage's output by the mask.
+
+Encode/decode split. Because the primary branch runs on fused maps, part of the encoder depends
+on the mask. `encode` runs what does not (every other branch, and the primary branch's stem) once
+per batch; `decode(features, mask)` runs the fusion, the rest of the primary branch, the context
+module, the embedding and the decoder. The evaluation's default `decode_many` loop therefore
+re-runs only those parts per combination. With `fusion_feedback: false` no branch sees fused maps
+(fusion only feeds the skips and the context module) and `encode` runs every branch completely.
+
+DMRNet's dense embedding: mu and logvar heads (1x1 conv + BatchNorm) on the context features,
+z = mu + eps * std sampled per pixel in training, z = mu in evaluation, and a KL term averaged
+over batch and pixels *with* its gradient (the paper's code detaches it). Dense HCR: the generic
+variance- and loss-based rules use the per-sample loss (mean over valid pixels); the paper's own
+segmentation rule is `hcr: {rule: incomplete, weight: 0.5, warmup_epochs: 11}` with
+`auxiliary_decoder: true`: a second decoder, trained only on samples whose combination misses a
+modality, from epoch 11 on (the paper's code: `epoch > 10`). It regularizes the shared encoder and
+embedding; evaluation uses the main decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from dmrnet.config import EncoderConfig, HCRConfig, ModelConfig
+from dmrnet.data.base import DataSpec
+from dmrnet.errors import ConfigError
+from dmrnet.methods.base import METHODS, Method, MethodOutput
+from dmrnet.nn import GaussianEmbedding, ResNet, SqueezeExcitation, gaussian_kl
+from dmrnet.tasks import Task
+
+Upsampling = Literal["learned", "bilinear", "nearest"]
+
+
+# -- configuration --------------------------------------------------------------------------------
+class DenseFusionConfig(ModelConfig):
+    """Fields of the dense (segmentation) network shared by dmrnet-seg and moddrop-seg.
+
+    `encoder.options` are the ResNet options of every branch (depth, width, se, stem);
+    `encoders.<modality>` may override them per branch, as long as every branch has the same
+    stage channels (fusion adds the maps). `embed_dim` is the channel count of the context
+    features after the embedding, i.e. the decoder's input. `feature_dim` is not used.
+    """
+
+    encoder: EncoderConfig = Field(
+        default_factory=lambda: EncoderConfig(name="resnet", options={"depth": 18})
+    )
+    embed_dim: int = Field(512, ge=1, description="channels of the embedding (decoder input)")
+    decoder_channels: list[int] = Field(
+        default_factory=lambda: [512, 256, 128],
+        description="channels of the 3 decoder modules (ESANet 'decreasing')",
+    )
+    decoder_blocks: int = Field(3, ge=0, description="non-bottleneck-1D blocks per module")
+    context_bins: list[int] = Field(
+        default_factory=lambda: [1, 5], description="pyramid pooling bins (ESANet 'ppm': 1, 5)"
+    )
+    upsampling: Upsampling = Field(
+        "learned", description="learned: nearest + 3x3 depthwise conv initialized bilinear"
+    )
+    multiscale: bool = Field(True, description="supervise every decoder module's side output")
+    fusion_feedback: bool = Field(True, description="primary branch continues on fused maps")
+    primary: str | None = Field(None, description="branch carrying the fused maps (default: first)")
+    auxiliary_decoder: bool = Field(
+        False, description="the HCR trains a second decoder on hard samples (paper's seg. rule)"
+    )
+
+    @field_validator("decoder_channels")
+    @classmethod
+    def _three_modules(cls, channels: list[int]) -> list[int]:
+        if len(channels) != 3 or min(channels) < 1:
+            raise ValueError("give 3 positive channel counts, one per decoder module")
+        return channels
+
+    @field_validator("context_bins")
+    @classmethod
+    def _positive_bins(cls, bins: list[int]) -> list[int]:
+        if not bins or min(bins) < 1:
+            raise ValueError("give at least one positive bin size")
+        return bins
+
+
+class DMRNetSegConfig(DenseFusionConfig):
+    method: str = "dmrnet-seg"
+    kl_weight: float = Field(1e-3, ge=0.0, description="alpha; the paper's code uses 1e-3")
+    mu_norm: bool = Field(True, description="BatchNorm on the mu head (paper: yes)")
+    logvar_norm: bool = Field(True, description="BatchNorm on the logvar head (paper: yes)")
+    logvar_init_bias: float = Field(0.0, description="initial logvar (negative: little noise)")
+    hcr: HCRConfig = Field(
+        default_factory=lambda: HCRConfig(rule="incomplete", weight=0.5, warmup_epochs=11)
+    )
+    auxiliary_decoder: bool = True
+
+
+class ModDropSegConfig(DenseFusionConfig):
+    method: str = "moddrop-seg"
+    mu_norm: bool = Field(True, description="BatchNorm after the embedding projection")
+
+
+# -- building blocks ------------------------------------------------------------------------------
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class NonBottleneck1D(nn.Module):
+    """ERFNet's factorized residual block (3x1 and 1x3 convolutions), ESANet's decoder block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, (3, 1), padding=(1, 0)),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, (1, 3), padding=(0, 1), bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, (3, 1), padding=(1, 0)),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, (1, 3), padding=(0, 1), bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class Upsample(nn.Module):
+    """Resize to a given size. "learned" (ESANet's learned-3x3-zeropad): nearest neighbour, then a
+    depthwise 3x3 convolution initialized to the bilinear kernel and trained."""
+
+    def __init__(self, channels: int, mode: Upsampling) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "learned":
+            self.smooth = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+            kernel = torch.tensor([0.25, 0.5, 0.25])
+            with torch.no_grad():
+                self.smooth.weight.copy_(torch.outer(kernel, kernel).expand_as(self.smooth.weight))
+                self.smooth.bias.zero_()
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        size = (int(size[0]), int(size[1]))
+        if self.mode == "bilinear":
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=size, mode="nearest")
+        return self.smooth(x) if self.mode == "learned" else x
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling as ESANet's context module: average-pool the map to each bin size,
+    1x1 conv, upsample back, concatenate with the input, 1x1 conv to `out_channels`."""
+
+    def __init__(self, in_channels: int, out_channels: int, bins: Sequence[int]) -> None:
+        super().__init__()
+        reduced = max(1, in_channels // len(bins))
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNReLU(in_channels, reduced, 1))
+            for b in bins
+        )
+        self.project = ConvBNReLU(in_channels + reduced * len(bins), out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pooled = [
+            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False)
+            for branch in self.branches
+        ]
+        return self.project(torch.cat([x, *pooled], dim=1))
+
+
+class MaskedSEFusion(nn.Module):
+    """sum over modalities of mask_m * SE_m(x_m): ESANet's SE-add fusion, general in M. A map
+    given as None (a branch nobody in the batch uses) contributes nothing."""
+
+    def __init__(self, channels: int, count: int) -> None:
+        super().__init__()
+        self.gates = nn.ModuleList(SqueezeExcitation(channels) for _ in range(count))
+
+    def forward(self, maps: Sequence[torch.Tensor | None], mask: torch.Tensor) -> torch.Tensor:
+        fused: torch.Tensor | None = None
+        for index, (gate, x) in enumerate(zip(self.gates, maps, strict=True)):
+            if x is None:
+                continue
+            keep = mask[:, index].to(x.dtype).view(-1, 1, 1, 1)
+            term = gate(x * keep)  # SE(0) = 0: an absent modality adds nothing
+            fused = term if fused is None else fused + term
+        if fused is None:
+            raise ValueError("fusion needs at least one modality map")
+        return fused
+
+
+class DecoderModule(nn.Module):
+    def __init__(
+        self, in_channels: int, channels: int, blocks: int, upsampling: Upsampling, classes: int
+    ) -> None:
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, channels)
+        self.blocks = nn.Sequential(*(NonBottleneck1D(channels) for _ in range(blocks)))
+        self.side = nn.Conv2d(channels, classes, 1)
+        self.upsample = Upsample(channels, upsampling)
+
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, side: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.blocks(self.conv(x))
+        side_logits = self.side(x) if side else None
+        return self.upsample(x, skip.shape[-2:]) + skip, side_logits
+
+
+class Decoder(nn.Module):
+    """Three decoder modules with additive skips, a 3x3 conv to the classes and learned
+    upsampling to the input size (`final_steps` x2 steps, then exactly the input size)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int],
+        blocks: int,
+        upsampling: Upsampling,
+        classes: int,
+        final_steps: int,
+    ) -> None:
+        super().__init__()
+        widths = [in_channels, *channels]
+        self.levels = nn.ModuleList(
+            DecoderModule(widths[i], widths[i + 1], blocks, upsampling, classes) for i in range(3)
+        )
+        self.classify = nn.Conv2d(channels[-1], classes, 3, padding=1)
+        self.upsample = nn.ModuleList(Upsample(classes, upsampling) for _ in range(final_steps))
+
+    def forward(
+        self, x: torch.Tensor, skips: Sequence[torch.Tensor], size: Sequence[int], sides: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        side_logits = []
+        for module, skip in zip(self.levels, skips, strict=True):
+            x, side = module(x, skip, sides)
+            if side is not None:
+                side_logits.append(side)
+        logits = self.classify(x)
+        # Intermediate sizes halve the target size rounding up, as the stride-2 convolutions did.
+        steps = len(self.upsample)
+        for index, upsample in enumerate(self.upsample):
+            factor = 2 ** (steps - 1 - index)
+            logits = upsample(logits, [math.ceil(s / factor) for s in size])
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return logits, side_logits
+
+
+def _stem_stride(net: ResNet) -> int:
+    stride = 1
+    for module in net.stem.modules():
+        if isinstance(module, nn.Conv2d | nn.MaxPool2d):
+            step = module.stride
+            stride *= int(step[0] if isinstance(step, tuple) else step)
+    return stride
+
+
+@dataclass
+class BranchMaps:
+    """What `encode` computed: per modality, the maps of the levels that do not depend on the mask
+    (level 0 = stem, 1..4 = stages); the primary branch holds only its stem with feedback."""
+
+    maps: list[list[torch.Tensor | None]]
+    size: tuple[int, int]  # input height and width
+    batch: int
+
+
+# -- the network ----------------------------------------------------------------------------------
+class DenseFusionMethod(Method):
+    """The ESANet-style multi-branch encoder-decoder; subclasses define the bottleneck between the
+    context module and the decoder (`embed`)."""
+
+    config: DenseFusionConfig
+    config_class = DenseFusionConfig
+
+    def __init__(self, config: DenseFusionConfig, spec: DataSpec, task: Task) -> None:
+        super().__init__(config, spec, task)
+        if spec.task != "segmentation":
+            raise ConfigError(
+                f"model.method: {config.method!r} predicts label maps, but dataset {spec.name!r} "
+                f"has task {spec.task!r}; use a method for that task (e.g. dmrnet, moddrop)"
+            )
+        names = self.modalities.names
+        primary = config.primary or names[0]
+        if primary not in names:
+            raise ConfigError(f"model.primary: {primary!r} is not a modality ({'+'.join(names)})")
+        self.primary = names.index(primary)
+        self.feedback = config.fusion_feedback
+        self.holes = dict(spec.extra.get("holes", {}))
+        self.branches = nn.ModuleDict({name: self._build_branch(name) for name in names})
+        channels = {name: branch.channels for name, branch in self.branches.items()}
+        if len(set(channels.values())) != 1:
+            raise ConfigError(
+                f"model.encoders: every branch needs the same stage channels to be fused, got "
+                f"{channels}"
+            )
+        stem_channels = {branch.stem[0].out_channels for branch in self.branches.values()}
+        if len(stem_channels) != 1:
+            raise ConfigError("model.encoders: every branch needs the same width to be fused")
+        stages = list(next(iter(channels.values())))
+        levels = [stem_channels.pop(), *stages]
+        self.fusions = nn.ModuleList(MaskedSEFusion(c, len(names)) for c in levels)
+        decoder_channels = config.decoder_channels
+        # Skip projections on the fused maps of layer3, layer2, layer1 (ESANet's skip_layer3..1).
+        self.skips = nn.ModuleList(
+            ConvBNReLU(c, d, 1) if c != d else nn.Identity()
+            for c, d in zip(reversed(stages[:3]), decoder_channels, strict=True)
+        )
+        self.context = PyramidPooling(stages[3], decoder_channels[0], config.context_bins)
+        self.context_channels = decoder_channels[0]
+        final_steps = round(math.log2(_stem_stride(self.branches[names[0]])))
+        self.decoder = self._build_decoder(final_steps)
+        self.auxiliary = self._build_decoder(final_steps) if config.auxiliary_decoder else None
+        if self.auxiliary is not None and not self.hcr.enabled:
+            raise ConfigError(
+                "model.auxiliary_decoder: the auxiliary decoder trains on the HCR's hard samples; "
+                "set model.hcr.rule (the paper: incomplete) and a weight > 0, or turn it off"
+            )
+
+    def _build_branch(self, name: str) -> ResNet:
+        choice = self.config.encoders.get(name, self.config.encoder)
+        key = f"model.encoders.{name}" if name in self.config.encoders else "model.encoder"
+        if choice.name != "resnet":
+            raise ConfigError(
+                f"{key}.name: dense methods build ResNet branches, got {choice.name!r}; use resnet"
+            )
+        shape = tuple(self.spec.input_shapes[name])
+        if len(shape) not in (2, 3):
+            raise ConfigError(
+                f"{key}: modality {name!r} has input shape {shape}; dense methods need image-like "
+                "inputs (C, H, W) or (H, W)"
+            )
+        in_channels = shape[0] if len(shape) == 3 else 1
+        try:
+            return ResNet(in_channels=in_channels, **choice.options)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{key}.options: {error}") from None
+
+    def _build_decoder(self, final_steps: int) -> Decoder:
+        config = self.config
+        return Decoder(
+            config.embed_dim,
+            config.decoder_channels,
+            config.decoder_blocks,
+            config.upsampling,
+            self.spec.num_classes,
+            final_steps,
+        )
+
+    # -- encode -----------------------------------------------------------------------------------
+    def prepare(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) standardized input; pixels holding the dataset's hole value (e.g. depth 0:
+        no measurement) become 0, the training mean, so a hole carries no signal."""
+        if x.dim() == 3:
+            x = x.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        standardized = self.standardize[name](x)
+        if name in self.holes:
+            standardized = torch.where(x == self.holes[name], 0.0, standardized)
+        return standardized
+
+    def _run_rows(
+        self, module: nn.Module, x: torch.Tensor, rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """module(x) on the rows that use it; the other rows are zero. BatchNorm statistics thus
+        come from real inputs only (as EncoderFusionMethod does); a single training row runs
+        with the whole batch, since BatchNorm cannot normalize one sample."""
+        if rows is None or bool(rows.all()) or (self.training and int(rows.sum()) == 1):
+            return module(x)
+        out = module(x[rows])
+        full = out.new_zeros(x.shape[0], *out.shape[1:])
+        full[rows] = out
+        return full
+
+    def encode(
+        self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None
+    ) -> BranchMaps:
+        maps: list[list[torch.Tensor | None]] = []
+        size: tuple[int, int] = (0, 0)
+        batch = 0
+        for index, name in enumerate(self.modalities.names):
+            x = self.prepare(name, inputs[name])
+            size, batch = (int(x.shape[-2]), int(x.shape[-1])), int(x.shape[0])
+            rows = None if present is None else present[:, index]
+            branch = self.branches[name]
+            levels = [self._run_rows(branch.stem, x, rows)]
+            if not (self.feedback and index == self.primary):
+                for stage in branch.stages:
+                    levels.append(self._run_rows(stage, levels[-1], rows))
+            maps.append(levels)
+        return BranchMaps(maps=maps, size=size, batch=batch)
+
+    def batch_size(self, features: BranchMaps) -> int:
+        return features.batch
+
+    # -- decode -----------------------------------------------------------------------------------
+    def fuse(self, features: BranchMaps, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Fused maps of the 5 levels (stem, layer1..4) for a (B, M) mask."""
+        primary_rows = mask[:, self.primary]
+        used = bool(primary_rows.any())
+        branch = self.branches[self.modalities.names[self.primary]]
+        fused: list[torch.Tensor] = []
+        for level, fusion in enumerate(self.fusions):
+            maps = [levels[level] if level < len(levels) else None for levels in features.maps]
+            if self.feedback and level > 0 and used:
+                # The primary branch continues from the previous fused map (ESANet).
+                maps[self.primary] = self._run_rows(
+                    branch.stages[level - 1], fused[-1], primary_rows
+                )
+            fused.append(fusion(maps, mask))
+        return fused
+
+    def embed(self, context: torch.Tensor) -> MethodOutput:
+        """Context features (B, C, h, w) -> MethodOutput whose logits are the decoder input z."""
+        raise NotImplementedError
+
+    def decode(self, features: BranchMaps, mask: torch.Tensor) -> MethodOutput:
+        fused = self.fuse(features, mask)
+        skips = [project(f) for project, f in zip(self.skips, fused[3:0:-1], strict=True)]
+        output = self.embed(self.context(fused[4]))
+        z = output.logits
+        sides = self.training and self.config.multiscale
+        logits, side_logits = self.decoder(z, skips, features.size, sides)
+        extras = dict(output.extras)
+        extras.update({f"side/{i}": s for i, s in enumerate(side_logits)})
+        if self.auxiliary is not None and self.training and self.hcr.active:
+            aux_logits, aux_sides = self.auxiliary(z, skips, features.size, sides)
+            extras["auxiliary"] = aux_logits
+            extras.update({f"auxiliary/side/{i}": s for i, s in enumerate(aux_sides)})
+        return MethodOutput(logits=logits, variance=output.variance, extras=extras)
+
+    # -- losses -----------------------------------------------------------------------------------
+    def _scales_loss(
+        self,
+        logits: torch.Tensor,
+        extras: Mapping[str, torch.Tensor],
+        prefix: str,
+        target: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-sample loss of full-size logits plus every side output, each against the target
+        resized by nearest neighbour (ESANet sums the scales with equal weights)."""
+        per_sample = self.task.per_sample_loss(logits, target)
+        index = 0
+        while f"{prefix}{index}" in extras:
+            side = extras[f"{prefix}{index}"]
+            small = F.interpolate(target[:, None].float(), size=side.shape[-2:], mode="nearest")
+            per_sample = per_sample + self.task.per_sample_loss(side, small[:, 0].long())
+            index += 1
+        return per_sample
+
+    def task_loss(self, output: MethodOutput, target: torch.Tensor) -> torch.Tensor:
+        return self._scales_loss(output.logits, output.extras, "side/", target)
+
+    def hcr_task_loss(
+        self, output: MethodOutput, target: torch.Tensor, per_sample: torch.Tensor
+    ) -> torch.Tensor:
+        if "auxiliary" not in output.extras:
+            return per_sample
+        return self._scales_loss(
+            output.extras["auxiliary"], output.extras, "auxiliary/side/", target
+        )
+
+
+@METHODS.register("dmrnet-seg")
+class DMRNetSeg(DenseFusionMethod):
+    """DMRNet for dense prediction: Gaussian embedding of the context features."""
+
+    config: DMRNetSegConfig
+    config_class = DMRNetSegConfig
+    provides_variance = True
+
+    def __init__(self, config: DMRNetSegConfig, spec: DataSpec, task: Task) -> None:
+        super().__init__(config, spec, task)
+        self.embedding = GaussianEmbedding(
+            lambda: nn.Conv2d(self.context_channels, config.embed_dim, 1),
+            config.embed_dim,
+            mu_norm=config.mu_norm,
+            logvar_norm=config.logvar_norm,
+            logvar_init_bias=config.logvar_init_bias,
+            dense=True,
+        )
+
+    def embed(self, context: torch.Tensor) -> MethodOutput:
+        gaussian = self.embedding(context)  # per-pixel z in training, mu in evaluation
+        return MethodOutput(
+            logits=gaussian.z,
+            variance=gaussian.variance_per_sample(),
+            extras={"mu": gaussian.mu, "logvar": gaussian.logvar},
+        )
+
+    def extra_losses(self, output: MethodOutput) -> dict[str, torch.Tensor]:
+        kl = gaussian_kl(output.extras["mu"], output.extras["logvar"])  # mean over batch, pixels
+        return {"kl": self.config.kl_weight * kl}
+
+
+@METHODS.register("moddrop-seg")
+class ModDropSeg(DenseFusionMethod):
+    """The same network with a deterministic embedding: 1x1 conv (+ BatchNorm), no sampling,
+    no KL (the first rung of the paper's ablation ladder)."""
+
+    config: ModDropSegConfig
+    config_class = ModDropSegConfig
+
+    def __init__(self, config: ModDropSegConfig, spec: DataSpec, task: Task) -> None:
+        super().__init__(config, spec, task)
+        self.projection = nn.Sequential(
+            nn.Conv2d(self.context_channels, config.embed_dim, 1),
+            nn.BatchNorm2d(config.embed_dim) if config.mu_norm else nn.Identity(),
+        )
+
+    def embed(self, context: torch.Tensor) -> MethodOutput:
+        return MethodOutput(logits=self.projection(context))
+
+
+__all__: list[Any] = [
+    "DMRNetSeg",
+    "DMRNetSegConfig",
+    "DenseFusionConfig",
+    "DenseFusionMethod",
+    "ModDropSeg",
+    "ModDropSegConfig",
+]
