@@ -128,3 +128,20 @@ def test_a_short_training_run_learns_every_combination_above_chance(make_config,
     assert accuracy[-1] > 0.8  # all three
     assert accuracy[1] > 0.5  # view `b` alone is weak but informative (chance: 0.25)
     # View `c` is nearly noise by construction, so its accuracy is not asserted.
+
+
+def test_a_vector_method_refuses_a_segmentation_dataset(make_config):
+    from dmrnet.data.base import DataSpec
+    from dmrnet.modalities import ModalitySet
+
+    config = parse_config(make_config("dmrnet"))
+    spec = DataSpec(
+        name="maps",
+        modalities=ModalitySet(("rgb", "depth")),
+        input_shapes={"rgb": (3, 8, 8), "depth": (1, 8, 8)},
+        task="segmentation",
+        num_classes=3,
+        ignore_index=255,
+    )
+    with pytest.raises(ConfigError, match="model.method: 'dmrnet' predicts for tasks"):
+        build_method(config.model, spec, build_task(spec))

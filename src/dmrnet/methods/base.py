@@ -50,9 +50,17 @@ class Method(nn.Module):
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     provides_variance: ClassVar[bool] = False
+    # The tasks (names in dmrnet.tasks.TASKS) whose outputs this method predicts: vectors of
+    # class logits by default; dense methods predict label maps.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "pad")
 
     def __init__(self, config: ModelConfig, spec: DataSpec, task: Task) -> None:
         super().__init__()
+        if spec.task not in self.tasks:
+            raise ConfigError(
+                f"model.method: {config.method!r} predicts for tasks {', '.join(self.tasks)}, but "
+                f"dataset {spec.name!r} has task {spec.task!r}; choose a method for that task"
+            )
         self.config = config
         self.spec = spec
         self.task = task

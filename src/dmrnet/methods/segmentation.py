@@ -298,14 +298,10 @@ class DenseFusionMethod(Method):
 
     config: DenseFusionConfig
     config_class = DenseFusionConfig
+    tasks = ("segmentation",)
 
     def __init__(self, config: DenseFusionConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
-        if spec.task != "segmentation":
-            raise ConfigError(
-                f"model.method: {config.method!r} predicts label maps, but dataset {spec.name!r} "
-                f"has task {spec.task!r}; use a method for that task (e.g. dmrnet, moddrop)"
-            )
         names = self.modalities.names
         primary = config.primary or names[0]
         if primary not in names:
