@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
+from training_step import training_throughput
 
 from dmrnet.config import load_config
 from dmrnet.data.base import DataSpec
@@ -79,33 +79,9 @@ def throughput(
     }
     present = torch.ones(args.batch_size, len(MODALITIES), dtype=torch.bool, device=device)
     target = torch.randint(0, NUM_CLASSES, (args.batch_size, *size), device=device)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=precision == "bf16"):
-            mask = method.training_mask(present)
-            output = method.decode(method.encode(inputs, present), mask)
-            loss = method.loss(output, target, mask).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(args.warmup):
-        step()
-    synchronize()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    synchronize()
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return args.steps * args.batch_size / elapsed, peak
+    return training_throughput(
+        method, optimizer, inputs, present, target, precision, device, args.warmup, args.steps
+    )
 
 
 def main() -> None:
