@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 
 demo: $(BIN)/.installed
 	rm -rf runs/demo
-	$(BIN)/dmrnet train configs/handwritten/dmrnet.yaml --run-dir runs/demo
+	$(BIN)/dmrnet train handwritten/dmrnet --run-dir runs/demo
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

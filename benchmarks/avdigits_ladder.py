@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/avdigits_ladder.py
 
-Trains configs/avdigits/{moddrop,moddrop-hcr,dmrnet-no-hcr,dmrnet}.yaml with seeds 0, 1, 2 (one
+Trains (in src/dmrnet/configs/)
+avdigits/{moddrop,moddrop-hcr,dmrnet-no-hcr,dmrnet}.yaml with seeds 0, 1, 2 (one
 run at a time, one thread), each into runs/avdigits-ladder/<config>/seed<seed>/, then reports the
 test accuracy of audio, image and both (mean +- std over seeds), the per-combination embedding
 variance beside the error, the hard combination each HCR run selected, and the wall time per run.

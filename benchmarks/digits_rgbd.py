@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/digits_rgbd.py
 
-Trains configs/digits_rgbd/{moddrop,dmrnet}.yaml with seeds 0, 1, 2 (one run at a time, one
+Trains (in src/dmrnet/configs/)
+digits_rgbd/{moddrop,dmrnet}.yaml with seeds 0, 1, 2 (one run at a time, one
 thread, seed by seed so that finished seeds are paired), each into
 runs/digits-rgbd/<config>/seed<seed>/, then reports the test mIoU of rgb, depth and rgb+depth
 (mean +- std over seeds), the paired DMRNet - ModDrop difference, pixel accuracy, the embedding
@@ -133,7 +134,8 @@ def report(runs: Path, seeds: list[int], command: str) -> str:
         "",
         "digits-rgbd is *composed* from MNIST test digits (docs/datasets.md): 48x48 scenes, 1800 "
         "training, 200 validation and 500 test scenes, the same for every seed (composition seed "
-        "0), digit pools disjoint across splits. Configs: configs/digits_rgbd/moddrop.yaml and "
+        "0), digit pools disjoint across splits. Configs: "
+        "src/dmrnet/configs/digits_rgbd/moddrop.yaml and "
         "dmrnet.yaml (ResNet-10 branches of width 16, 20 epochs, AdamW). Checkpoint: best "
         "validation mean mIoU over the three combinations. "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "

@@ -1,5 +1,6 @@
-"""Training throughput of the paper-size audio-visual DMRNet (configs/cremad/dmrnet.yaml), fp32 vs
-bf16, on random 224 x 224 frames and 3 s spectrograms.
+"""Training throughput of the paper-size audio-visual DMRNet
+(src/dmrnet/configs/cremad/dmrnet.yaml), fp32 vs bf16, on random 224 x 224
+frames and 3 s spectrograms.
 
     python benchmarks/gpu_av_throughput.py --device cuda            # the paper's size, batch 64
     python benchmarks/gpu_av_throughput.py --device cpu --image-size 32 --seconds 0.25 \
@@ -31,7 +32,9 @@ from dmrnet.methods import Method, build_method
 from dmrnet.modalities import ModalitySet
 from dmrnet.tasks import build_task
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cremad" / "dmrnet.yaml"
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "src" / "dmrnet" / "configs" / "cremad" / "dmrnet.yaml"
+)
 MODALITIES = ModalitySet(("audio", "visual"))
 NUM_CLASSES = 6
 

@@ -30,7 +30,9 @@ from dmrnet.methods import Method, build_method
 from dmrnet.modalities import ModalitySet
 from dmrnet.tasks import build_task
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "nyuv2" / "dmrnet.yaml"
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "src" / "dmrnet" / "configs" / "nyuv2" / "dmrnet.yaml"
+)
 MODALITIES = ModalitySet(("rgb", "depth"))
 NUM_CLASSES = 40
 

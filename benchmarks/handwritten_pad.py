@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/handwritten_pad.py \
         [--seeds 0 1 2] [--epochs N] [--runs DIR] [--out docs/results/face-antispoofing.md]
 
-Trains configs/handwritten_pad/{dmrnet,moddrop}.yaml once per seed (decision rule argmax, as the
+Trains (in src/dmrnet/configs/)
+handwritten_pad/{dmrnet,moddrop}.yaml once per seed (decision rule argmax, as the
 paper's code), evaluates every combination on the test split, then evaluates the same checkpoints
 a second time with the test split decided at each combination's equal-error threshold of the
 validation split. Writes mean +- std over the seeds, the paired per-seed difference of the mean
@@ -115,7 +116,9 @@ def main() -> None:
             overrides = [f"seed={seed}", "train.progress_bar=false"]
             if args.epochs is not None:
                 overrides.append(f"train.epochs={args.epochs}")
-            config = load_config(ROOT / f"configs/handwritten_pad/{method}.yaml", overrides)
+            config = load_config(
+                ROOT / f"src/dmrnet/configs/handwritten_pad/{method}.yaml", overrides
+            )
             epochs[method] = config.train.epochs
             run_dir = runs / f"{method}-seed{seed}"
             start = time.perf_counter()
@@ -163,7 +166,7 @@ def write(
         "Setup:",
         "",
         f"- command: `{command}`",
-        "- configs: configs/handwritten_pad/dmrnet.yaml and moddrop.yaml (MLP encoders, "
+        "- configs: src/dmrnet/configs/handwritten_pad/dmrnet.yaml and moddrop.yaml (MLP encoders, "
         f"{epochs['dmrnet']} / {epochs['moddrop']} epochs; the checkpoint with the lowest "
         "validation mean ACER is evaluated)",
         f"- seeds {seeds}; mean +- std (sample std) over seeds, in percent; {samples} test "

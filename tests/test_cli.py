@@ -22,7 +22,13 @@ def handwritten_run(tmp_path_factory):
         pytest.skip("set DMRNET_DATA to the data mirror (CI uses ../shared/data)")
     run_dir = tmp_path_factory.mktemp("cli") / "run"
     code = main(
-        ["train", str(ROOT / "configs/handwritten/dmrnet.yaml"), "--run-dir", str(run_dir), *FAST]
+        [
+            "train",
+            str(ROOT / "src/dmrnet/configs/handwritten/dmrnet.yaml"),
+            "--run-dir",
+            str(run_dir),
+            *FAST,
+        ]
     )
     assert code == 0
     return run_dir
@@ -93,7 +99,7 @@ def test_unknown_config_key_exits_2_naming_it_and_creates_nothing(tmp_path, caps
     code = main(
         [
             "train",
-            str(ROOT / "configs/handwritten/moddrop.yaml"),
+            str(ROOT / "src/dmrnet/configs/handwritten/moddrop.yaml"),
             "--run-dir",
             str(run_dir),
             "--set",
@@ -114,7 +120,14 @@ def test_missing_data_file_offline_says_which_file_and_how_to_fix(tmp_path, monk
 
     monkeypatch.setattr("dmrnet.data.store.urlopen", offline)
     run_dir = tmp_path / "run"
-    code = main(["train", str(ROOT / "configs/handwritten/dmrnet.yaml"), "--run-dir", str(run_dir)])
+    code = main(
+        [
+            "train",
+            str(ROOT / "src/dmrnet/configs/handwritten/dmrnet.yaml"),
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "handwritten/handwritten_6views.mat" in err and "DMRNET_DATA" in err

@@ -3,10 +3,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dmrnet.config import apply_overrides, load_config, parse_config
+from dmrnet.config import (
+    apply_overrides,
+    load_config,
+    packaged_configs,
+    parse_config,
+    resolve_config,
+)
 from dmrnet.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "src" / "dmrnet" / "configs"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: str(p.name))
@@ -82,3 +88,22 @@ def test_config_file_errors_name_the_file(tmp_path):
     path.write_text(yaml.safe_dump({"data": {"name": "multiview"}}))
     with pytest.raises(ConfigError, match="model.method: required key is missing"):
         load_config(path)
+
+
+def test_packaged_config_names_resolve_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "handwritten/dmrnet" in packaged_configs()
+    by_name = load_config("handwritten/dmrnet")
+    assert by_name == load_config("handwritten/dmrnet.yaml")
+    assert by_name.model.method == "dmrnet"
+    with pytest.raises(ConfigError, match="no-such/config: no such config file"):
+        load_config("no-such/config")
+
+
+def test_an_existing_file_wins_over_a_packaged_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "handwritten" / "dmrnet.yaml"
+    local.parent.mkdir()
+    local.write_text((CONFIGS / "handwritten" / "moddrop.yaml").read_text())
+    assert resolve_config("handwritten/dmrnet.yaml") == Path("handwritten/dmrnet.yaml")
+    assert load_config("handwritten/dmrnet.yaml").model.method == "moddrop"

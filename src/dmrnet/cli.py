@@ -19,7 +19,7 @@ def _console() -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmrnet.config import apply_overrides, parse_config, read_yaml
+    from dmrnet.config import load_config
     from dmrnet.runs import load_run_config, train
 
     if args.resume:
@@ -35,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"train.devices={args.devices}")
         if args.strategy is not None:
             overrides.append(f"train.strategy={args.strategy}")
-        config = parse_config(apply_overrides(read_yaml(args.config), overrides), args.config)
+        config = load_config(args.config, overrides)
         run_dir = Path(args.run_dir or Path("runs") / (config.name or Path(args.config).stem))
     report = train(config, run_dir, data_root=args.data_root, resume=bool(args.resume))
     if report is not None:
@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate every modality combination on the test split.",
     )
     train.add_argument(
-        "config", nargs="?", help="YAML config, e.g. configs/handwritten/dmrnet.yaml"
+        "config",
+        nargs="?",
+        help="YAML config file, or a packaged config name, e.g. handwritten/dmrnet",
     )
     train.add_argument("--run-dir", help="output directory (default: runs/<config name>)")
     train.add_argument(
@@ -274,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         "skipped, interrupted ones resumed), measure speed and memory, and write OUT/report.md "
         "and OUT/results.json.",
     )
-    bench.add_argument("suite", metavar="SUITE", help="suite file, or a name in benchmarks/suites/")
+    bench.add_argument(
+        "suite", metavar="SUITE", help="suite file, or a packaged suite name (quick, standard)"
+    )
     bench.add_argument("--out", help="output folder (default: runs/bench/<suite name>)")
     bench.add_argument(
         "--set",

@@ -196,8 +196,43 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw if raw is not None else {}
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with dmrnet (`handwritten/dmrnet`, ...), sorted."""
+    return sorted(
+        p.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix()
+        for p in PACKAGED_CONFIGS.glob("*/*.yaml")
+    )
+
+
+def resolve_config(ref: str | Path, base: Path | None = None) -> Path:
+    """A config file: `ref` as a path (relative to `base` if given), else a packaged name.
+
+    `handwritten/dmrnet` (or `handwritten/dmrnet.yaml`) names a config shipped in the package, so
+    an installed dmrnet runs without the repository; an existing file always wins. A `.yaml` path
+    that exists nowhere is returned as is, so reading it names the missing file.
+    """
+    path = Path(ref)
+    candidate = path if path.is_absolute() or base is None else base / path
+    if candidate.exists() or path.is_absolute():
+        return candidate
+    packaged = PACKAGED_CONFIGS / f"{path.as_posix().removesuffix('.yaml')}.yaml"
+    if packaged.is_file():
+        return packaged
+    if path.suffix in (".yaml", ".yml"):
+        return candidate
+    raise ConfigError(
+        f"{ref}: no such config file, and no packaged config of that name "
+        "(`dmrnet configs` lists them, e.g. handwritten/dmrnet)"
+    )
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    """Load a config file or packaged config name, with dotted overrides applied."""
+    resolved = resolve_config(path)
+    raw = apply_overrides(read_yaml(resolved), overrides or [])
     return parse_config(raw, source=str(path))
 
 

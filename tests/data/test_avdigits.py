@@ -162,7 +162,7 @@ def test_bad_options_name_the_key(mirror: Path) -> None:
 @pytest.mark.slow
 def test_one_epoch_end_to_end(mirror: Path, cache: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DMRNET_CACHE", str(cache))
-    source = Path(__file__).parents[2] / "configs" / "avdigits" / "dmrnet.yaml"
+    source = Path(__file__).parents[2] / "src" / "dmrnet" / "configs" / "avdigits" / "dmrnet.yaml"
     raw = yaml.safe_load(source.read_text())
     raw["data"]["options"] = {"preset": "clean"}
     raw["train"].update(epochs=1, progress_bar=False)

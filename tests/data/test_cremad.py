@@ -167,7 +167,7 @@ def test_one_epoch_end_to_end_through_the_cli(tree: Path, tmp_path: Path) -> Non
 def test_paper_configs_parse() -> None:
     from dmrnet.config import load_config
 
-    root = Path(__file__).resolve().parents[2] / "configs" / "cremad"
+    root = Path(__file__).resolve().parents[2] / "src" / "dmrnet" / "configs" / "cremad"
     for path in sorted(root.glob("*.yaml")):
         config = load_config(path)
         assert config.data.name == "cremad"

@@ -96,7 +96,7 @@ def test_one_epoch_end_to_end_through_the_cli(tree: Path, tmp_path: Path) -> Non
 def test_paper_configs_parse() -> None:
     from dmrnet.config import load_config
 
-    root = Path(__file__).resolve().parents[2] / "configs" / "kinetics_sounds"
+    root = Path(__file__).resolve().parents[2] / "src" / "dmrnet" / "configs" / "kinetics_sounds"
     paths = sorted(root.glob("*.yaml"))
     assert len(paths) >= 2
     for path in paths:

@@ -1,7 +1,7 @@
 """`dmrnet bench`: methods x datasets x seeds from a suite file, with every-combination results,
 paired comparisons against the reference method (dmrnet), speed and memory, and a report.
 
-    loaded = load_suite("standard")            # benchmarks/suites/standard.yaml
+    loaded = load_suite("standard")            # src/dmrnet/bench/suites/standard.yaml
     results = run_bench(loaded, "runs/bench/standard")
 """
 

@@ -1,10 +1,11 @@
 """Benchmark suites: which methods run on which datasets with which seeds.
 
-A suite is a YAML file (benchmarks/suites/*.yaml):
+A suite is a YAML file (the packaged ones: dmrnet/bench/suites/*.yaml):
 
     name: standard
     description: one paragraph for the report
-    base: ../..                 # config paths are relative to this folder (relative to the file)
+    base: .                     # config file paths are relative to this folder (relative to the
+                                # file); a packaged config name (handwritten/dmrnet) works too
     reference: dmrnet           # the method label every other method is compared with
     seeds: [0, 1, 2]
     overrides: [train.epochs=20]        # applied to every run (dotted `--set` syntax)
@@ -13,8 +14,8 @@ A suite is a YAML file (benchmarks/suites/*.yaml):
       handwritten:              # a label; one section per dataset
         overrides: []           # applied to this dataset's runs
         methods:
-          dmrnet: {config: configs/handwritten/dmrnet.yaml}
-          hemis: {config: configs/handwritten/hemis.yaml, overrides: [model.head_norm=false]}
+          dmrnet: {config: handwritten/dmrnet}
+          hemis: {config: handwritten/hemis, overrides: [model.head_norm=false]}
 
 Every (dataset, method, seed) is one *job*, trained into OUT/runs/<dataset>/<method>/seed<seed>/.
 All configs are parsed (and checked to share their data section within a dataset) before anything
@@ -29,10 +30,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dmrnet.config import Config, _format_errors, apply_overrides, parse_config, read_yaml
+from dmrnet.config import (
+    Config,
+    _format_errors,
+    apply_overrides,
+    parse_config,
+    read_yaml,
+    resolve_config,
+)
 from dmrnet.errors import ConfigError, DmrnetError
 
-SUITES_DIR = Path("benchmarks") / "suites"
+SUITES_DIR = Path(__file__).parent / "suites"
 
 
 class _Strict(BaseModel):
@@ -105,7 +113,7 @@ class LoadedSuite:
 
 
 def find_suite(name_or_path: str) -> Path:
-    """A suite file path, or the name of one in benchmarks/suites/ (from the current folder)."""
+    """A suite file path, or the name of a suite shipped in the package (dmrnet/bench/suites/)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -165,10 +173,10 @@ def load_suite(
         for method in _subset(methods, list(entry.methods), "method", path):
             spec = entry.methods[method]
             where = f"{path}: datasets.{dataset}.methods.{method}"
-            config_path = Path(spec.config)
-            config_path = config_path if config_path.is_absolute() else base / config_path
-            if not config_path.is_file():
-                raise ConfigError(f"{where}.config: no such file {config_path}")
+            try:
+                config_path = resolve_config(spec.config, base=base)
+            except ConfigError as error:
+                raise ConfigError(f"{where}.config: {error}") from None
             for seed in chosen_seeds:
                 run_overrides = [
                     *suite.overrides,
