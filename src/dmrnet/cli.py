@@ -164,8 +164,24 @@ def _csv_list(values: list[str] | None) -> list[str] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dmrnet.bench import load_suite, run_bench
+    from dmrnet.bench import find_suite, load_suite, run_bench, run_throughput, suite_kind
 
+    path = find_suite(args.suite)
+    if suite_kind(path) == "throughput":
+        if args.seeds or args.datasets or args.report:
+            raise DmrnetError(
+                f"{path}: a throughput suite has no seeds, datasets or report; use --models, "
+                "--set, --device and --out"
+            )
+        run_throughput(
+            path,
+            Path(args.out or Path("runs") / "bench" / path.stem),
+            device=args.device,
+            overrides=list(args.set),
+            models=_csv_list(args.methods),
+            command="dmrnet " + " ".join(sys.argv[1:]),
+        )
+        return 0
     seeds = _csv_list(args.seeds)
     try:
         seed_numbers = [int(s) for s in seeds] if seeds else None
@@ -277,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and OUT/results.json.",
     )
     bench.add_argument(
-        "suite", metavar="SUITE", help="suite file, or a packaged suite name (quick, standard)"
+        "suite",
+        metavar="SUITE",
+        help="suite file, or a packaged suite name (quick, standard, throughput, ...)",
     )
     bench.add_argument("--out", help="output folder (default: runs/bench/<suite name>)")
     bench.add_argument(
@@ -288,10 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a value in every run, e.g. --set train.epochs=1 (repeatable)",
     )
     bench.add_argument("--seeds", action="append", help="only these seeds, e.g. 0,1")
-    bench.add_argument("--methods", action="append", help="only these methods (suite labels)")
+    bench.add_argument(
+        "--methods",
+        "--models",
+        action="append",
+        help="only these methods (suite labels; a throughput suite's models)",
+    )
     bench.add_argument("--datasets", action="append", help="only these datasets (suite labels)")
     bench.add_argument("--no-speed", action="store_true", help="skip speed and memory")
-    bench.add_argument("--device", default="cpu", help="device of the speed measurements")
+    bench.add_argument(
+        "--device", default="cpu", help="device of the speed and throughput measurements"
+    )
     bench.add_argument("--report", help="also write the Markdown report here, e.g. BENCHMARKS.md")
     bench.add_argument("--figures", help="figures folder of --report (default: beside it)")
     bench.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")

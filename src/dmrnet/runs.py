@@ -292,7 +292,7 @@ def evaluate_model(
             _parse(method, text, f"eval.combinations[{i}]")
             for i, text in enumerate(config.eval.combinations)
         ]
-    return build_report(
+    report = build_report(
         method,
         loader,
         dataset=data.spec.name,
@@ -305,6 +305,9 @@ def evaluate_model(
             data.val, config.eval.batch_size, False, config.data.num_workers
         ),
     )
+    if method.hcr.enabled:  # what the HCR selected, and on which statistics
+        report.extra["hcr"] = method.hcr.summary()
+    return report
 
 
 def _parse(method: Method, text: str, key: str) -> Combination:

@@ -23,6 +23,8 @@ SUMMARY_TITLES = {
     "expected": "expected, p = 0.5",
 }
 SPEEDUP_TARGET = 5.0
+# Kept per seed from each run's results.json, for the analyses (dmrnet.bench.analysis).
+SEED_DETAILS = ("samples", "variance", "metrics", "hcr", "calibration")
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float | None]:
@@ -47,7 +49,11 @@ def aggregate_method(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
     return {
         "seeds": {
-            str(seed): {"combinations": results[seed]["combinations"], "summary": summaries[seed]}
+            str(seed): {
+                "combinations": results[seed]["combinations"],
+                "summary": summaries[seed],
+                **{k: results[seed][k] for k in SEED_DETAILS if k in results[seed]},
+            }
             for seed in seeds
         },
         "combinations": {
@@ -318,6 +324,8 @@ def _combination_table(dataset: dict[str, Any], figures: dict[str, str]) -> list
 def render_markdown(
     results: dict[str, Any], figures: dict[str, dict[str, str]], title: str | None = None
 ) -> str:
+    from dmrnet.bench.analysis import ANALYSES  # it builds on this module's statistics
+
     machine = results["machine"]
     lines = [
         title or f"# dmrnet benchmarks: suite `{results['suite']}`",
@@ -336,22 +344,48 @@ def render_markdown(
         lines += [f"- {note}" for note in results["notes"]] + [""]
     for name, dataset in results["datasets"].items():
         lines += dataset_markdown(name, dataset, results["reference"], figures.get(name, {}))
+        for analysis in dataset.get("analyses", []):
+            lines += ["", *ANALYSES[analysis](dataset)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
 # -- figures ----------------------------------------------------------------------------------
-def plot_combinations(dataset: dict[str, Any], title: str, path: Path, reference: str) -> None:
-    """Heatmaps over methods (rows) x combinations (columns), mean over seeds: the metric in %,
-    and below it each method's difference from the reference in points."""
+# One colour per number of modalities in a combination, the same in every figure (tab10 order).
+SIZE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+# One colour per summary, the same in every summaries figure.
+SUMMARY_COLOURS = {"mean": "#4c72b0", "worst": "#c44e52", "full": "#55a868", "expected": "#8172b3"}
+
+
+def size_colour(size: int) -> str:
+    """The colour of combinations of `size` modalities (1-based), in every dmrnet figure."""
+    return SIZE_COLOURS[(size - 1) % len(SIZE_COLOURS)]
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _seeds_phrase(dataset: dict[str, Any]) -> str:
+    count = len(dataset["seeds"])
+    return "1 seed" if count == 1 else f"mean ± std over {count} seeds"
+
+
+def plot_combinations(dataset: dict[str, Any], title: str, path: Path, reference: str) -> None:
+    """Methods (rows) x combinations (columns), one panel per combination size (panel titles in
+    the size colours): every cell shows the metric in % (mean over seeds); its colour is the
+    difference from the reference in points, blue where the method is better."""
     import numpy as np
 
+    plt = _pyplot()
     labels = list(dataset["methods"])
     names = dataset["combinations"]
+    sizes = [name.count("+") + 1 for name in names]
     values = np.array(
         [
             [
@@ -363,58 +397,114 @@ def plot_combinations(dataset: dict[str, Any], title: str, path: Path, reference
             for m in labels
         ]
     )
-    panels = [(values, f"{dataset['metric']} (%)", "viridis", None)]
+    sign = 1.0 if dataset["higher_is_better"] else -1.0
     if reference in labels:
-        difference = values - values[labels.index(reference)]
-        bound = float(np.nanmax(np.abs(difference))) if np.isfinite(difference).any() else 1.0
-        panels.append(
-            (difference, f"difference from {reference} (points)", "RdBu", max(bound, 1e-6))
+        shade = sign * (values - values[labels.index(reference)])
+        finite = np.isfinite(shade)
+        bound = max(float(np.abs(shade[finite]).max()) if finite.any() else 0.0, 0.5)
+        limits, cmap = (-bound, bound), "RdBu"
+        colour_label = f"points better (+) or worse (−) than {reference}"
+    else:
+        shade = values
+        finite = np.isfinite(values)
+        limits = (float(np.nanmin(values)), float(np.nanmax(values))) if finite.any() else (0, 1)
+        cmap, colour_label = "viridis", f"{dataset['metric']} (%)"
+    groups = [[i for i, s in enumerate(sizes) if s == size] for size in sorted(set(sizes))]
+    widest = max(len(g) for g in groups)
+    # Layout in inches, so cells and labels keep their size whatever the number of columns.
+    left, right, cell_h, title_h = 1.9, 1.6, 0.3, 0.35
+    cell_w = min(1.2, max(0.5, (7.0 - left - right) / widest))
+    label_h = [0.08 * max(len(names[i]) for i in g) + 0.25 for g in groups]
+    panel_h = cell_h * len(labels)
+    width = left + widest * cell_w + right
+    height = 0.6 + sum(title_h + panel_h + h for h in label_h)
+    fig = plt.figure(figsize=(width, height))
+    fig.suptitle(title, fontsize=11, y=1 - 0.15 / height)
+    top = height - 0.6
+    image = None
+    for group, below in zip(groups, label_h, strict=True):
+        top -= title_h + panel_h
+        ax = fig.add_axes(
+            (left / width, top / height, len(group) * cell_w / width, panel_h / height)
         )
-    width = max(6.0, 0.17 * len(names) + 3.0)
-    height = 0.3 * len(labels) + 1.0
-    fig, axes = plt.subplots(
-        len(panels), 1, figsize=(width, height * len(panels) + 1.6), sharex=True, squeeze=False
-    )
-    for ax, (data, label, cmap, bound) in zip(axes[:, 0], panels, strict=True):
-        limits = {} if bound is None else {"vmin": -bound, "vmax": bound}
-        image = ax.imshow(data, aspect="auto", cmap=cmap, **limits)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        fig.colorbar(image, ax=ax, label=label, fraction=0.03, pad=0.01)
-    axes[-1, 0].set_xticks(
-        range(len(names)), names, rotation=90, fontsize=6 if len(names) > 20 else 8
-    )
-    axes[0, 0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        image = ax.imshow(shade[:, group], aspect="auto", cmap=cmap, vmin=limits[0], vmax=limits[1])
+        for row in range(len(labels)):
+            for column, index in enumerate(group):
+                value = values[row, index]
+                if not np.isfinite(value):
+                    continue
+                strong = (
+                    abs(shade[row, index] - sum(limits) / 2) > 0.6 * (limits[1] - limits[0]) / 2
+                )
+                ax.text(
+                    column,
+                    row,
+                    f"{value:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    color="white" if strong else "black",
+                )
+        size = sizes[group[0]]
+        ax.set_title(
+            f"{size} modalit{'y' if size == 1 else 'ies'} ({len(group)} combination"
+            f"{'' if len(group) == 1 else 's'})",
+            fontsize=9,
+            loc="left",
+            color=size_colour(size),
+            fontweight="bold",
+        )
+        ax.set_yticks(range(len(labels)), labels, fontsize=9)
+        ax.set_xticks(range(len(group)), [names[i] for i in group], rotation=90, fontsize=8.5)
+        top -= below
+    colour_axes = fig.add_axes(((width - right + 0.3) / width, 0.25, 0.15 / width, 0.5))
+    fig.colorbar(image, cax=colour_axes).set_label(colour_label, fontsize=9)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def plot_summaries(dataset: dict[str, Any], title: str, path: Path) -> None:
-    """Grouped bars: every method's summaries, with the standard deviation over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Grouped bars on a zero-based axis: every method's summaries with their values written
+    on the bars, and the standard deviation over seeds only where there are several seeds."""
     import numpy as np
 
+    plt = _pyplot()
     labels = list(dataset["methods"])
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(labels) + 4.5), 4.2))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.95 * len(labels) + 4.5), 4.8))
     width = 0.8 / len(SUMMARY_KEYS)
-    lowest = 100.0
+    highest = 0.0
     for i, key in enumerate(SUMMARY_KEYS):
         stats = [dataset["methods"][m]["summary"][key] for m in labels]
         means = np.array([np.nan if s["mean"] is None else 100 * s["mean"] for s in stats])
-        errors = np.array([0.0 if s["std"] is None else 100 * s["std"] for s in stats])
         positions = np.arange(len(labels)) + (i - (len(SUMMARY_KEYS) - 1) / 2) * width
-        ax.bar(positions, means, width, yerr=errors, capsize=2, label=SUMMARY_TITLES[key])
+        bars = ax.bar(
+            positions, means, width, color=SUMMARY_COLOURS[key], label=SUMMARY_TITLES[key]
+        )
+        spread = [
+            (p, m, 100 * s["std"])
+            for p, m, s in zip(positions, means, stats, strict=True)
+            if s.get("std") is not None and np.isfinite(m)
+        ]
+        if spread:
+            x, y, e = zip(*spread, strict=True)
+            ax.errorbar(x, y, yerr=e, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        ax.bar_label(
+            bars,
+            labels=["" if not np.isfinite(m) else f"{m:.1f}" for m in means],
+            rotation=90,
+            fontsize=7,
+            padding=3,
+        )
         if np.isfinite(means).any():
-            lowest = min(lowest, float(np.nanmin(means)))
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+            highest = max(highest, float(np.nanmax(means)))
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=9)
     ax.set_ylabel(f"{dataset['metric']} (%)")
-    if dataset["higher_is_better"]:
-        ax.set_ylim(max(0.0, lowest - 5), 100)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.set_title(title)
+    # Zero-based, with headroom for the value labels above the bars.
+    top = 100.0 if dataset["higher_is_better"] else max(highest, 1e-3)
+    ax.set_ylim(0, top * 1.16)
+    ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= top])
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="summary")
+    ax.set_title(f"{title} ({_seeds_phrase(dataset)})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -435,10 +525,17 @@ def write_outputs(
             "summaries": figures_dir / f"{results['suite']}-{name}-summaries.png",
             "combinations": figures_dir / f"{results['suite']}-{name}-combinations.png",
         }
-        plot_summaries(dataset, f"{name}: summaries over combinations", paths["summaries"])
+        where = f"suite {results['suite']}, {name}"
+        plot_summaries(
+            dataset,
+            f"{where}: {dataset['metric']} summaries over {len(dataset['combinations'])} "
+            "combinations",
+            paths["summaries"],
+        )
         plot_combinations(
             dataset,
-            f"{name}: {dataset['metric']} per combination",
+            f"{where}: {dataset['metric']} (%) per combination, {_seeds_phrase(dataset)} "
+            "(cell: the mean over seeds)",
             paths["combinations"],
             results["reference"],
         )

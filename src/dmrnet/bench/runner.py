@@ -31,9 +31,9 @@ import torch
 from dmrnet.bench.report import aggregate_method, compare, leaders, mean_std, write_outputs
 from dmrnet.bench.speed import measure_speed
 from dmrnet.bench.suite import Job, LoadedSuite, SpeedSettings
-from dmrnet.config import load_config
+from dmrnet.config import Config, load_config, save_config
 from dmrnet.errors import ConfigError
-from dmrnet.runs import build_data_for, train
+from dmrnet.runs import build_data_for, build_model, evaluate_model, load_checkpoint, train
 from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
@@ -49,24 +49,50 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def check_stored_config(directory: Path, config: Config) -> None:
+    """The one reuse rule: a directory written with another config than the suite's (the suite
+    or the overrides changed) is an error, so a stale result never reaches a report."""
+    stored = directory / "config.yaml"
+    if not stored.is_file():
+        return
+    old, new = _flatten(load_config(stored).to_dict()), _flatten(config.to_dict())
+    if old != new:
+        key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"{directory} holds results of a different config ({key}: {old.get(key)!r} there, "
+            f"{new.get(key)!r} now); use another --out or delete that directory"
+        )
+
+
 def job_state(job: Job, out: Path) -> str:
-    """'done' (results.json written), 'resume' (a checkpoint exists) or 'new'."""
+    """'done' (results.json written), 'resume' (a checkpoint exists) or 'new'; checks the stored
+    configs of the run and of its extra evaluations."""
     run_dir = job.run_dir(out)
-    stored = run_dir / "config.yaml"
-    if stored.is_file():
-        old, new = _flatten(load_config(stored).to_dict()), _flatten(job.config.to_dict())
-        if old != new:
-            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config ({key}: {old.get(key)!r} there, "
-                f"{new.get(key)!r} now); use another --out or delete that run directory"
-            )
+    check_stored_config(run_dir, job.config)
+    for name, config in job.evaluations.items():
+        check_stored_config(job.evaluation_dir(out, name), config)
     if (run_dir / "results.json").is_file():
         return "done"
     checkpoints = [run_dir / "checkpoints", *(run_dir / "stages").glob("*/checkpoints")]
     if any((c / "last.ckpt").is_file() for c in checkpoints):
         return "resume"
     return "new"
+
+
+def evaluate_again(job: Job, out: Path, name: str, data_root: str | None) -> Path:
+    """The trained run's best checkpoint evaluated on the test split under the evaluation's
+    config (other decision options, e.g. PAD's equal-error threshold): the model is built for
+    that config's data, so its task decides as the config says, and given the trained weights."""
+    config = job.evaluations[name]
+    directory = job.evaluation_dir(out, name)
+    trained = load_checkpoint(job.run_dir(out))
+    data = build_data_for(config, data_root)
+    method = build_model(config, data.spec)
+    method.load_state_dict(trained.method.state_dict())
+    method.eval()
+    evaluate_model(method, config, data, "test").write(directory)
+    save_config(config, directory / "config.yaml")
+    return directory
 
 
 # -- machine ------------------------------------------------------------------------------------
@@ -166,6 +192,18 @@ def run_jobs(
             )
             progress.advance(runs)
         progress.update(runs, description="runs")
+        pending = [
+            (job, name)
+            for job in loaded.jobs
+            for name in job.evaluations
+            if not (job.evaluation_dir(out, name) / "results.json").is_file()
+        ]
+        if pending:
+            evaluations = progress.add_task("evaluations", total=len(pending))
+            for job, name in pending:
+                progress.update(evaluations, description=f"evaluating {job.key} ({name})")
+                evaluate_again(job, out, name, data_root)
+                progress.advance(evaluations)
         if speed_jobs:
             speed = progress.add_task("speed", total=len(speed_jobs))
             for job in speed_jobs:
@@ -219,6 +257,7 @@ def collect(
         for method in loaded.methods(dataset):
             jobs = loaded.jobs_of(dataset, method)
             per_seed = {}
+            again: dict[str, dict[int, Any]] = {}
             walls, resumed = [], []
             for job in jobs:
                 run_dir = job.run_dir(out)
@@ -226,6 +265,10 @@ def collect(
                 if not path.is_file():
                     continue
                 per_seed[job.seed] = json.loads(path.read_text())
+                for name in job.evaluations:
+                    found = job.evaluation_dir(out, name) / "results.json"
+                    if found.is_file():
+                        again.setdefault(name, {})[job.seed] = json.loads(found.read_text())
                 record = run_dir / "bench.json"
                 if record.is_file():
                     timing = json.loads(record.read_text())
@@ -237,6 +280,7 @@ def collect(
             entry["method"] = jobs[0].config.model.method
             entry["config"] = _display_path(jobs[0].config_path)
             entry["train_wall_s"] = mean_std(walls)
+            entry["evaluations"] = {name: aggregate_method(found) for name, found in again.items()}
             if resumed:
                 notes.append(
                     f"{dataset}/{method}: {len(resumed)} run(s) were resumed after an "
@@ -254,8 +298,13 @@ def collect(
         higher = _higher_is_better(next(j for j in loaded.jobs if j.dataset == dataset), data_root)
         if reference in methods:
             for label, entry in methods.items():
-                if label != reference:
-                    entry["comparison"] = compare(entry, methods[reference], higher)
+                if label == reference:
+                    continue
+                entry["comparison"] = compare(entry, methods[reference], higher)
+                for name, evaluation in entry["evaluations"].items():
+                    theirs = methods[reference]["evaluations"].get(name)
+                    if theirs is not None:
+                        evaluation["comparison"] = compare(evaluation, theirs, higher)
         datasets[dataset] = {
             "metric": first["metric"],
             "split": first["split"],
@@ -265,6 +314,10 @@ def collect(
             "seeds": loaded.seeds(),
             "methods": methods,
             "leaders": leaders(methods, higher),
+            "evaluations": list(
+                dict.fromkeys(e for m in methods.values() for e in m["evaluations"])
+            ),
+            "analyses": list(loaded.suite.datasets[dataset].analyses),
         }
     return {
         "suite": loaded.suite.name,

@@ -117,10 +117,13 @@ def measure_evaluation(
     method: Method, config: Config, data: DataSplits, device: torch.device, repeats: int
 ) -> dict[str, Any]:
     """Every combination of the test split: one encoder pass + `decode_many`, against
-    re-encoding for every combination (`batched=False`). Both must give the same numbers. The
-    two are timed alternately, so a change in machine load affects both alike."""
+    re-encoding for every combination (`batched=False`), and against evaluating the
+    full-modality forward pass alone (what one ordinary pass costs, without metrics). The first
+    two must give the same numbers. The three are timed in turn, so a change in machine load affects
+    them alike."""
     loader = make_loader(data.test, config.eval.batch_size, False, 0)
     method.to(device).eval()
+    full = method.modalities.mask(method.modalities.full).to(device)
 
     def one_pass() -> Any:
         return evaluate_combinations(method, loader, device=device)
@@ -128,24 +131,36 @@ def measure_evaluation(
     def loop() -> Any:
         return evaluate_combinations(method, loader, device=device, batched=False)
 
+    @torch.no_grad()
+    def full_pass() -> None:  # encode + decode with every modality: one ordinary forward pass
+        for batch in loader:
+            batch = to_device(batch, device)
+            features = method.encode(batch["inputs"], batch["present"])
+            method.decode(features, full.expand(batch["present"].shape[0], -1))
+
     batched, looped = one_pass(), loop()  # also the warm-up
+    full_pass()
     headline = method.task.headline.name
     difference = max(
         abs(a.metrics[headline] - b.metrics[headline])
         for a, b in zip(batched, looped, strict=True)
         if a.samples
     )
-    one_pass_times, loop_times = [], []
+    one_pass_times, loop_times, full_times = [], [], []
     for _ in range(repeats):
         one_pass_times += _timed(one_pass, device, 1)
         loop_times += _timed(loop, device, 1)
+        full_times += _timed(full_pass, device, 1)
     one, per = statistics.median(one_pass_times), statistics.median(loop_times)
+    single = statistics.median(full_times)
     return {
         "combinations": len(batched),
         "samples": len(data.test),  # type: ignore[arg-type]
         "one_pass_s": one,
         "loop_s": per,
+        "full_pass_s": single,
         "speedup": per / one if one > 0 else None,
+        "one_pass_over_full": one / single if single > 0 else None,
         "max_metric_difference": difference,
     }
 

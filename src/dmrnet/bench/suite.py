@@ -13,20 +13,28 @@ A suite is a YAML file (the packaged ones: dmrnet/bench/suites/*.yaml):
     datasets:
       handwritten:              # a label; one section per dataset
         overrides: []           # applied to this dataset's runs
+        analyses: [ladder, variance]    # extra report sections (dmrnet.bench.analysis.ANALYSES)
+        evaluations:            # optional: each run's best checkpoint evaluated again on the
+          eer: [data.options.threshold=eer]   # test split under other decision options
         methods:
           dmrnet: {config: handwritten/dmrnet}
           hemis: {config: handwritten/hemis, overrides: [model.head_norm=false]}
 
-Every (dataset, method, seed) is one *job*, trained into OUT/runs/<dataset>/<method>/seed<seed>/.
+Every (dataset, method, seed) is one *job*, trained into OUT/runs/<dataset>/<method>/seed<seed>/;
+an evaluation <name> of it writes OUT/runs/<dataset>/<method>/seed<seed>/evaluations/<name>/.
+An evaluation may only change `data.options.*` and `eval.*` (what decides, not what trains).
+
+A suite with `kind: throughput` is a different file: models timed on random inputs
+(dmrnet.bench.throughput).
 All configs are parsed (and checked to share their data section within a dataset) before anything
 trains, so a bad suite fails at once with the key that is wrong.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -52,8 +60,13 @@ class MethodEntry(_Strict):
     overrides: list[str] = Field(default_factory=list)
 
 
+EVALUATION_KEYS = ("data.options.", "eval.")  # what an extra evaluation may change
+
+
 class DatasetEntry(_Strict):
     overrides: list[str] = Field(default_factory=list)
+    evaluations: dict[str, list[str]] = Field(default_factory=dict)
+    analyses: list[str] = Field(default_factory=list)  # dmrnet.bench.analysis.ANALYSES
     methods: dict[str, MethodEntry]
 
 
@@ -66,6 +79,7 @@ class SpeedSettings(_Strict):
 
 
 class Suite(_Strict):
+    kind: Literal["training"] = "training"
     name: str
     description: str = ""
     base: str = "."
@@ -83,6 +97,8 @@ class Job:
     seed: int
     config: Config
     config_path: Path
+    # Extra test evaluations of the trained run: name -> the config they evaluate with.
+    evaluations: dict[str, Config] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -90,6 +106,9 @@ class Job:
 
     def run_dir(self, out: Path) -> Path:
         return out / "runs" / self.dataset / self.method / f"seed{self.seed}"
+
+    def evaluation_dir(self, out: Path, name: str) -> Path:
+        return self.run_dir(out) / "evaluations" / name
 
 
 @dataclass
@@ -152,6 +171,7 @@ def load_suite(
         suite = Suite.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_format_errors(error, str(path))) from None
+    _check_analyses(suite, path)
     base = (path.parent / suite.base).resolve()
     extra = list(overrides or [])
     chosen_seeds = suite.seeds
@@ -187,17 +207,57 @@ def load_suite(
                     # The bench shows its own progress; runs log to their train.log.
                     "train.progress_bar=false",
                 ]
-                try:
-                    config = parse_config(
-                        apply_overrides(read_yaml(config_path), run_overrides), str(config_path)
-                    )
-                except DmrnetError as error:
-                    raise ConfigError(f"{where}: {error}") from None
-                jobs.append(Job(dataset, method, seed, config, config_path))
+                config = _parse(config_path, run_overrides, where)
+                evaluations = {
+                    name: _parse(config_path, [*run_overrides, *changes], where)
+                    for name, changes in _evaluations(entry, f"{path}: datasets.{dataset}")
+                }
+                jobs.append(Job(dataset, method, seed, config, config_path, evaluations))
         _check_same_data(jobs, dataset, path)
     if not jobs:
         raise ConfigError(f"{path}: the selection has no runs")
     return LoadedSuite(suite=suite, path=path, jobs=jobs, overrides=extra)
+
+
+def _parse(config_path: Path, overrides: list[str], where: str) -> Config:
+    try:
+        return parse_config(apply_overrides(read_yaml(config_path), overrides), str(config_path))
+    except DmrnetError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _evaluations(entry: DatasetEntry, where: str) -> list[tuple[str, list[str]]]:
+    """The dataset's extra evaluations; each may change only what decides, not what trains
+    (the trained weights must fit the evaluated model)."""
+    for name, changes in entry.evaluations.items():
+        for change in changes:
+            if not change.strip().startswith(EVALUATION_KEYS):
+                raise ConfigError(
+                    f"{where}.evaluations.{name}: {change!r} changes what trains; an evaluation "
+                    f"may only set keys under {' or '.join(k + '*' for k in EVALUATION_KEYS)}"
+                )
+    return list(entry.evaluations.items())
+
+
+def _check_analyses(suite: Suite, path: Path) -> None:
+    from dmrnet.bench.analysis import ANALYSES
+
+    for dataset, entry in suite.datasets.items():
+        for name in entry.analyses:
+            if name not in ANALYSES:
+                raise ConfigError(
+                    f"{path}: datasets.{dataset}.analyses: no analysis {name!r}; known: "
+                    f"{', '.join(ANALYSES)}"
+                )
+
+
+def suite_kind(path: Path) -> str:
+    """'training' (methods x datasets x seeds) or 'throughput' (dmrnet.bench.throughput)."""
+    raw = read_yaml(path)
+    kind = raw.get("kind", "training") if isinstance(raw, dict) else "training"
+    if kind not in ("training", "throughput"):
+        raise ConfigError(f"{path}: kind: {kind!r}, expected training or throughput")
+    return str(kind)
 
 
 def _check_same_data(jobs: list[Job], dataset: str, path: Path) -> None:

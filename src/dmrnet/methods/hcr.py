@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,6 +82,13 @@ class HardCombinationRegularizer(nn.Module):
         # The epoch being trained and the last epoch whose end was processed.
         self.register_buffer("epoch", torch.tensor(0))
         self.register_buffer("last_closed", torch.tensor(-1))
+        # The statistics the latest selection was made on (the warm-up window's, unless
+        # `reselect`) and its epoch: what `summary` reports in results.json.
+        nan = torch.full((count,), float("nan"), dtype=torch.float64)
+        self.register_buffer("selection_variance", nan.clone())
+        self.register_buffer("selection_loss", nan.clone())
+        self.register_buffer("selection_count", torch.zeros(count, dtype=torch.float64))
+        self.register_buffer("selected_at", torch.tensor(-1))
 
     @property
     def enabled(self) -> bool:
@@ -172,6 +180,9 @@ class HardCombinationRegularizer(nn.Module):
         last_warmup = self.config.warmup_epochs - 1
         if epoch == last_warmup or (self.config.reselect and epoch > last_warmup):
             self.hard.copy_(self.select(variance, loss, count))
+            for buffer, value in zip(self._selection_buffers(), (variance, loss, count), strict=True):
+                buffer.copy_(value)
+            self.selected_at.fill_(epoch)
             log.info("epoch %d: hard combinations: %s", epoch, ", ".join(self.hard_names()))
         if epoch >= last_warmup:
             # The warm-up window accumulates over all warm-up epochs; later windows are one epoch.
@@ -179,6 +190,35 @@ class HardCombinationRegularizer(nn.Module):
                 buffer.zero_()
         logs["hcr/num_hard"] = float(self.hard.sum())
         return logs
+
+    def summary(self) -> dict[str, Any]:
+        """The rule, the selected (hard) combinations, the epoch of the selection and the
+        per-combination statistics it was made on (results.json: "hcr")."""
+        statistics = {}
+        for index, combination in enumerate(self.combinations):
+            count = int(self.selection_count[index])
+            if count:
+                variance = float(self.selection_variance[index])
+                statistics[self.modalities.format(combination)] = {
+                    "samples": count,
+                    "loss": float(self.selection_loss[index]),
+                    "variance": variance if self.has_variance else None,
+                }
+        return {
+            "rule": self.config.rule,
+            "selected": self.hard_names(),
+            "selected_at_epoch": int(self.selected_at) if int(self.selected_at) >= 0 else None,
+            "statistics": statistics,
+        }
+
+    def _selection_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.selection_variance, self.selection_loss, self.selection_count
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints from before the selection statistics were kept load with them empty.
+        for name in ("selection_variance", "selection_loss", "selection_count", "selected_at"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- loss -------------------------------------------------------------------------------
     def loss(self, combination: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor | None:
