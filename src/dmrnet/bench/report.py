@@ -371,6 +371,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _wrap(title: str, inches: float) -> str:
+    """A title broken into lines that fit `inches` of figure width (about 11 characters each)."""
+    import textwrap
+
+    return textwrap.fill(title, width=max(30, int(11 * inches)))
+
+
 def _seeds_phrase(dataset: dict[str, Any]) -> str:
     count = len(dataset["seeds"])
     return "1 seed" if count == 1 else f"mean ± std over {count} seeds"
@@ -417,10 +424,10 @@ def plot_combinations(dataset: dict[str, Any], title: str, path: Path, reference
     label_h = [0.08 * max(len(names[i]) for i in g) + 0.25 for g in groups]
     panel_h = cell_h * len(labels)
     width = left + widest * cell_w + right
-    height = 0.6 + sum(title_h + panel_h + h for h in label_h)
+    height = 0.8 + sum(title_h + panel_h + h for h in label_h)
     fig = plt.figure(figsize=(width, height))
-    fig.suptitle(title, fontsize=11, y=1 - 0.15 / height)
-    top = height - 0.6
+    fig.suptitle(_wrap(title, width), fontsize=10, y=1 - 0.1 / height, va="top")
+    top = height - 0.8
     image = None
     for group, below in zip(groups, label_h, strict=True):
         top -= title_h + panel_h
@@ -470,41 +477,49 @@ def plot_summaries(dataset: dict[str, Any], title: str, path: Path) -> None:
 
     plt = _pyplot()
     labels = list(dataset["methods"])
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.95 * len(labels) + 4.5), 4.8))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.95 * len(labels) + 4.5), 5.2))
     width = 0.8 / len(SUMMARY_KEYS)
     highest = 0.0
     for i, key in enumerate(SUMMARY_KEYS):
         stats = [dataset["methods"][m]["summary"][key] for m in labels]
         means = np.array([np.nan if s["mean"] is None else 100 * s["mean"] for s in stats])
         positions = np.arange(len(labels)) + (i - (len(SUMMARY_KEYS) - 1) / 2) * width
-        bars = ax.bar(
-            positions, means, width, color=SUMMARY_COLOURS[key], label=SUMMARY_TITLES[key]
-        )
-        spread = [
-            (p, m, 100 * s["std"])
-            for p, m, s in zip(positions, means, stats, strict=True)
-            if s.get("std") is not None and np.isfinite(m)
-        ]
-        if spread:
-            x, y, e = zip(*spread, strict=True)
-            ax.errorbar(x, y, yerr=e, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-        ax.bar_label(
-            bars,
-            labels=["" if not np.isfinite(m) else f"{m:.1f}" for m in means],
-            rotation=90,
-            fontsize=7,
-            padding=3,
-        )
+        ax.bar(positions, means, width, color=SUMMARY_COLOURS[key], label=SUMMARY_TITLES[key])
+        errors = np.array([np.nan if s.get("std") is None else 100 * s["std"] for s in stats])
+        has = np.isfinite(errors) & np.isfinite(means)
+        if has.any():  # error bars only where there is a spread (several seeds)
+            ax.errorbar(
+                positions[has],
+                means[has],
+                yerr=errors[has],
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+                capsize=2,
+            )
+        for x, mean, error in zip(positions, means, np.nan_to_num(errors), strict=True):
+            if np.isfinite(mean):  # the value, above the bar and its error bar
+                ax.text(
+                    x,
+                    mean + error + 1.0,
+                    f"{mean:.1f}",
+                    ha="center",
+                    va="bottom",
+                    rotation=90,
+                    fontsize=7,
+                )
         if np.isfinite(means).any():
             highest = max(highest, float(np.nanmax(means)))
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=9)
     ax.set_ylabel(f"{dataset['metric']} (%)")
     # Zero-based, with headroom for the value labels above the bars.
     top = 100.0 if dataset["higher_is_better"] else max(highest, 1e-3)
-    ax.set_ylim(0, top * 1.16)
+    ax.set_ylim(0, top * 1.18)
     ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= top])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="summary")
-    ax.set_title(f"{title} ({_seeds_phrase(dataset)})", fontsize=11)
+    ax.set_title(
+        _wrap(f"{title} ({_seeds_phrase(dataset)})", fig.get_figwidth() - 2.5), fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
