@@ -25,16 +25,16 @@ demo: $(BIN)/.installed
 	$(BIN)/dmrnet train handwritten/dmrnet --run-dir runs/demo
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 format: $(BIN)/.installed
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
 
 bench: $(BIN)/.installed
 	$(BIN)/dmrnet bench standard --out runs/bench/standard --report BENCHMARKS.md --figures docs/figures/benchmarks

@@ -13,8 +13,9 @@ from dmrnet.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_suite(tmp_path: Path, make_config, **changes) -> Path:
-    """A two-method, two-seed suite on the synthetic views (tests/conftest.py), one epoch a run."""
+def write_suite(tmp_path: Path, make_config, dataset: dict | None = None, **changes) -> Path:
+    """A two-method, two-seed suite on the synthetic views (tests/conftest.py), one epoch a run;
+    `dataset` adds keys to its dataset section, `changes` replaces top-level keys."""
     for method in ("dmrnet", "moddrop"):
         config = make_config(method)
         config["train"]["epochs"] = 1
@@ -29,7 +30,8 @@ def write_suite(tmp_path: Path, make_config, **changes) -> Path:
                 "methods": {
                     "dmrnet": {"config": "dmrnet.yaml"},
                     "moddrop": {"config": "moddrop.yaml", "overrides": ["model.mu_norm=false"]},
-                }
+                },
+                **(dataset or {}),
             }
         },
     }
@@ -208,3 +210,54 @@ def test_ci_slice_of_the_quick_suite(tmp_path, handwritten_available, monkeypatc
     assert evaluation["max_metric_difference"] == 0.0 and evaluation["speedup"] > 1
     assert dmrnet["speed"]["training"]["peak_memory_mib"] is not None
     assert "quick" in capsys.readouterr().out
+
+
+def test_bad_evaluations_and_analyses_name_the_key(tmp_path, make_config):
+    path = write_suite(tmp_path, make_config, {"evaluations": {"wide": ["model.embed_dim=4"]}})
+    with pytest.raises(
+        ConfigError,
+        match=r"datasets.synthetic.evaluations.wide: 'model.embed_dim=4' changes what trains",
+    ):
+        load_suite(str(path))
+    path = write_suite(tmp_path, make_config, {"analyses": ["nope"]})
+    with pytest.raises(
+        ConfigError, match=r"datasets.synthetic.analyses: no analysis 'nope'; known: ladder"
+    ):
+        load_suite(str(path))
+
+
+def test_extra_evaluations_and_the_hcr_selection_reach_results_json(tmp_path, make_config):
+    dataset = {"evaluations": {"likely": ["eval.availability_p=0.9"]}, "analyses": ["variance"]}
+    path = write_suite(tmp_path, make_config, dataset, seeds=[0])
+    out = tmp_path / "out"
+    loaded = load_suite(str(path))
+    loaded.suite.speed.enabled = False
+    results = run_bench(loaded, out, console=quiet(), command="x")
+    dmrnet = results["datasets"]["synthetic"]["methods"]["dmrnet"]
+    # The HCR's selection and the statistics it was made on, from the run's results.json.
+    hcr = dmrnet["seeds"]["0"]["hcr"]
+    assert hcr["rule"] == "unimodal-max" and hcr["selected_at_epoch"] == 0
+    assert len(hcr["selected"]) == 1 and hcr["selected"][0] in ("a", "b", "c")
+    unimodal = {c: hcr["statistics"][c]["variance"] for c in ("a", "b", "c")}
+    assert hcr["selected"][0] == max(unimodal, key=unimodal.get)
+    assert "hcr" not in results["datasets"]["synthetic"]["methods"]["moddrop"]["seeds"]["0"]
+    # The extra evaluation: the same weights and numbers per combination, another expected value.
+    again = dmrnet["evaluations"]["likely"]
+    assert again["combinations"] == dmrnet["combinations"]
+    assert again["summary"]["expected"] != dmrnet["summary"]["expected"]
+    assert (
+        "comparison"
+        in results["datasets"]["synthetic"]["methods"]["moddrop"]["evaluations"]["likely"]
+    )
+    stored = out / "runs/synthetic/dmrnet/seed0/evaluations/likely"
+    assert json.loads((stored / "results.json").read_text())["combinations"]
+    report = (out / "report.md").read_text()
+    assert "### Embedding variance beside the error" in report
+    # The one reuse rule covers the evaluations too: changing one is refused, not mixed in.
+    changed = write_suite(
+        tmp_path, make_config, {"evaluations": {"likely": ["eval.availability_p=0.8"]}}, seeds=[0]
+    )
+    with pytest.raises(
+        ConfigError, match=r"likely holds results of a different config \(eval.availability_p"
+    ):
+        run_bench(load_suite(str(changed)), out, console=quiet())

@@ -180,7 +180,8 @@ class HardCombinationRegularizer(nn.Module):
         last_warmup = self.config.warmup_epochs - 1
         if epoch == last_warmup or (self.config.reselect and epoch > last_warmup):
             self.hard.copy_(self.select(variance, loss, count))
-            for buffer, value in zip(self._selection_buffers(), (variance, loss, count), strict=True):
+            kept = (self.selection_variance, self.selection_loss, self.selection_count)
+            for buffer, value in zip(kept, (variance, loss, count), strict=True):
                 buffer.copy_(value)
             self.selected_at.fill_(epoch)
             log.info("epoch %d: hard combinations: %s", epoch, ", ".join(self.hard_names()))
@@ -210,9 +211,6 @@ class HardCombinationRegularizer(nn.Module):
             "selected_at_epoch": int(self.selected_at) if int(self.selected_at) >= 0 else None,
             "statistics": statistics,
         }
-
-    def _selection_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.selection_variance, self.selection_loss, self.selection_count
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Checkpoints from before the selection statistics were kept load with them empty.
