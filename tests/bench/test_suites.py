@@ -1,5 +1,4 @@
-"""The packaged suites parse, extra evaluations follow the one reuse rule, and results.json
-carries what the analyses read (the HCR's selection, the metrics, the extra evaluations)."""
+"""The packaged suites parse: the studies that were scripts, and the throughput suites."""
 
 import pytest
 
