@@ -227,6 +227,24 @@ def metrics_markdown(dataset: Dataset) -> list[str]:
                 )
                 + ".",
             ]
+            paired = {
+                label: method["evaluations"][evaluation]["comparison"]["mean"]
+                for label, method in dataset["methods"].items()
+                if "comparison" in method["evaluations"].get(evaluation, {})
+            }
+            if paired:
+                lines += [
+                    "",
+                    f"Evaluation `{evaluation}`, each method minus the reference on the mean over "
+                    "combinations, paired by seed (points; the reference better / equal / worse "
+                    "on how many seeds): "
+                    + "; ".join(
+                        f"{label} {_pct(c['difference'], True)} ({c['reference_wins']}/"
+                        f"{c['ties']}/{c['reference_losses']})"
+                        for label, c in paired.items()
+                    )
+                    + ".",
+                ]
         lines.append("")
     return lines
 

@@ -418,6 +418,7 @@ def plot_combinations(dataset: dict[str, Any], title: str, path: Path, reference
         finite = np.isfinite(values)
         limits = (float(np.nanmin(values)), float(np.nanmax(values))) if finite.any() else (0, 1)
         cmap, colour_label = "viridis", f"{dataset['metric']} (%)"
+    digits = 1 if np.nanmax(np.abs(values), initial=0.0) >= 10 else 2
     groups = [[i for i, s in enumerate(sizes) if s == size] for size in sorted(set(sizes))]
     widest = max(len(g) for g in groups)
     # Layout in inches, so cells and labels keep their size whatever the number of columns.
@@ -448,7 +449,7 @@ def plot_combinations(dataset: dict[str, Any], title: str, path: Path, reference
                 ax.text(
                     column,
                     row,
-                    f"{value:.1f}",
+                    f"{value:.{digits}f}",
                     ha="center",
                     va="center",
                     fontsize=7.5,
@@ -481,13 +482,19 @@ def plot_summaries(dataset: dict[str, Any], title: str, path: Path) -> None:
     labels = list(dataset["methods"])
     fig, ax = plt.subplots(figsize=(max(8.0, 0.95 * len(labels) + 4.5), 5.2))
     width = 0.8 / len(SUMMARY_KEYS)
-    highest = 0.0
-    for i, key in enumerate(SUMMARY_KEYS):
+    bars = {}
+    for key in SUMMARY_KEYS:
         stats = [dataset["methods"][m]["summary"][key] for m in labels]
         means = np.array([np.nan if s["mean"] is None else 100 * s["mean"] for s in stats])
+        errors = np.array([np.nan if s.get("std") is None else 100 * s["std"] for s in stats])
+        bars[key] = (means, errors)
+    reach = [np.nanmax(m + np.nan_to_num(e)) for m, e in bars.values() if np.isfinite(m).any()]
+    # Zero-based; a higher-is-better percentage keeps its natural 0-100 scale.
+    top = 100.0 if dataset["higher_is_better"] else max([*reach, 1e-3])
+    digits = 1 if top >= 10 else 2
+    for i, (key, (means, errors)) in enumerate(bars.items()):
         positions = np.arange(len(labels)) + (i - (len(SUMMARY_KEYS) - 1) / 2) * width
         ax.bar(positions, means, width, color=SUMMARY_COLOURS[key], label=SUMMARY_TITLES[key])
-        errors = np.array([np.nan if s.get("std") is None else 100 * s["std"] for s in stats])
         has = np.isfinite(errors) & np.isfinite(means)
         if has.any():  # error bars only where there is a spread (several seeds)
             ax.errorbar(
@@ -500,23 +507,19 @@ def plot_summaries(dataset: dict[str, Any], title: str, path: Path) -> None:
                 capsize=2,
             )
         for x, mean, error in zip(positions, means, np.nan_to_num(errors), strict=True):
-            if np.isfinite(mean):  # the value, above the bar and its error bar
+            if np.isfinite(mean):  # the value, just above the bar and its error bar
                 ax.text(
                     x,
-                    mean + error + 1.0,
-                    f"{mean:.1f}",
+                    mean + error + 0.012 * top,
+                    f"{mean:.{digits}f}",
                     ha="center",
                     va="bottom",
                     rotation=90,
                     fontsize=7,
                 )
-        if np.isfinite(means).any():
-            highest = max(highest, float(np.nanmax(means)))
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=9)
     ax.set_ylabel(f"{dataset['metric']} (%)")
-    # Zero-based, with headroom for the value labels above the bars.
-    top = 100.0 if dataset["higher_is_better"] else max(highest, 1e-3)
-    ax.set_ylim(0, top * 1.18)
+    ax.set_ylim(0, top * 1.18)  # headroom for the value labels
     ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= top])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="summary")
     ax.set_title(
