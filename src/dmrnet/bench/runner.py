@@ -3,6 +3,7 @@ aggregate and write the report.
 
     OUT/
       runs/<dataset>/<method>/seed<k>/   a normal run directory (+ bench.json: its wall time)
+        evaluations/<name>/              an extra evaluation of it (config.yaml + results)
       speed/<dataset>/<method>.json       speed and memory of the first seed's model
       results.json                        everything the report shows, machine-readable
       report.md                           tables and figures (figures/ beside it)
@@ -10,7 +11,7 @@ aggregate and write the report.
 A killed bench continues where it stopped when run again with the same command: finished runs
 (results.json present) are skipped, a run with a checkpoint resumes from it. A run directory
 whose stored config differs from the suite's (the suite or the overrides changed) is an error,
-so stale results are never mixed into a report.
+so stale results are never mixed into a report; extra evaluations are checked the same way.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def evaluate_again(job: Job, out: Path, name: str, data_root: str | None) -> Pat
     method = build_model(config, data.spec)
     method.load_state_dict(trained.method.state_dict())
     method.eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(config, directory / "config.yaml")  # first: results never exist unchecked
     evaluate_model(method, config, data, "test").write(directory)
-    save_config(config, directory / "config.yaml")
     return directory
 
 
