@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.utils.data import Dataset
@@ -44,8 +45,10 @@ from torch.utils.data import Dataset
 from dmrnet.bench.speed import measure_evaluation
 from dmrnet.config import Config, _format_errors, load_config, read_yaml, resolve_config
 from dmrnet.data.base import DataSpec, DataSplits
+from dmrnet.engine import LitMethod, make_loader
 from dmrnet.errors import ConfigError, DmrnetError
 from dmrnet.modalities import ModalitySet
+from dmrnet.runs import build_model
 
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
@@ -142,34 +145,31 @@ def load_throughput_suite(
     return suite, built
 
 
-class _StepTimer:
-    """A Lightning callback: seconds of each training step of the last epoch (device synced)."""
+class StepTimer(pl.Callback):
+    """Seconds of each training step of epoch `timed_epoch` (device synchronized around it),
+    and whether the HCR's loss was on in each."""
 
     def __init__(self, device: torch.device, timed_epoch: int) -> None:
-        import lightning.pytorch as pl
-
-        outer = self
-
-        class Callback(pl.Callback):
-            def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
-                if trainer.current_epoch == timed_epoch and device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-
-            def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
-                if trainer.current_epoch == timed_epoch:
-                    _synchronize(device)
-                    outer.start = time.perf_counter()
-
-            def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
-                if trainer.current_epoch == timed_epoch:
-                    _synchronize(device)
-                    outer.steps.append(time.perf_counter() - outer.start)
-                    outer.hcr_active.append(bool(module.method.hcr.active))
-
-        self.callback = Callback()
+        self.device = device
+        self.timed_epoch = timed_epoch
         self.steps: list[float] = []
-        self.start = 0.0
-        self.hcr_active: list[bool] = []  # per timed step: was the HCR's loss on
+        self.hcr_active: list[bool] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.timed_epoch and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == self.timed_epoch:
+            _synchronize(self.device)
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+        if trainer.current_epoch == self.timed_epoch:
+            _synchronize(self.device)
+            self.steps.append(time.perf_counter() - self._start)
+            self.hcr_active.append(bool(module.method.hcr.active))
 
 
 def _synchronize(device: torch.device) -> None:
@@ -181,18 +181,13 @@ def time_training(
     config: Config, spec: DataSpec, precision: str, device: torch.device, steps: int
 ) -> dict[str, Any]:
     """Samples/s of `steps` training steps of the engine (after an untimed warm-up epoch)."""
-    import lightning.pytorch as pl
-
-    from dmrnet.engine import LitMethod, make_loader
-    from dmrnet.runs import build_model
-
     torch.manual_seed(config.seed)
     method = build_model(config, spec)
     batch = config.train.batch_size
     loader = make_loader(
         RandomInputs(spec, batch * steps, config.seed), batch, True, 0, config.seed
     )
-    timer = _StepTimer(device, timed_epoch=1)
+    timer = StepTimer(device, timed_epoch=1)
     trainer = pl.Trainer(
         accelerator=device.type,
         devices=[device.index or 0] if device.type == "cuda" else 1,
@@ -201,7 +196,7 @@ def time_training(
         limit_val_batches=0,
         num_sanity_val_steps=0,
         gradient_clip_val=config.train.gradient_clip,
-        callbacks=[timer.callback],
+        callbacks=[timer],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
