@@ -108,3 +108,24 @@ def test_write_outputs_names_figures_by_suite_and_dataset(tmp_path):
         "report.md",
     }
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_a_lower_is_better_metric_is_drawn_to_its_own_scale(tmp_path, figures):
+    data = dataset(["a", "b", "a+b"], (0, 1), std=0.002)
+    data["higher_is_better"] = False
+    for entry in data["methods"].values():
+        for stat_ in [*entry["summary"].values(), *entry["combinations"].values()]:
+            stat_["mean"] /= 20  # ACER-like values of a few percent
+    plot_summaries(data, "suite pad, pad", tmp_path / "s.png")
+    ax = figures[-1].axes[0]
+    bottom, top = ax.get_ylim()
+    assert bottom == 0 and 4.7 < top < 6  # 4.5% + the spread, with room for the labels
+    assert "4.50" in [t.get_text() for t in ax.texts]  # two decimals below 10
+    plot_combinations(data, "suite pad, pad", tmp_path / "c.png", "dmrnet")
+    first = next(ax for ax in figures[-1].axes if ax.get_title(loc="left"))
+    # moddrop's ACER is lower, so better: its cells lie above the colour midpoint (blue).
+    image = first.get_images()[0]
+    assert (image.get_array()[1] > 0).all() and [t.get_text() for t in first.texts][:2] == [
+        "4.75",
+        "4.70",
+    ]
