@@ -64,7 +64,7 @@ def test_a_suite_expands_to_one_job_per_dataset_method_and_seed(tmp_path, make_c
 
 def test_suite_errors_name_the_key(tmp_path, make_config):
     path = write_suite(tmp_path, make_config, epochs=3)
-    with pytest.raises(ConfigError, match=r"tiny.yaml: invalid config\n  epochs: unknown key"):
+    with pytest.raises(ConfigError, match=r"tiny.yaml: invalid config: epochs: unknown key"):
         load_suite(str(path))
     path = write_suite(tmp_path, make_config, reference="hemis")
     with pytest.raises(ConfigError, match=r"datasets.synthetic.methods: no method 'hemis'"):

@@ -58,7 +58,7 @@ def test_checkpoints_load_with_weights_only_and_reproduce_the_report(make_config
     assert raw["dmrnet"]["spec"]["modalities"] == ["a", "b", "c"]
     loaded = load_checkpoint(run_dir)
     assert loaded.checkpoint.name == "best.ckpt" and not loaded.method.training
-    again = evaluate_run(run_dir, out_dir=tmp_path / "again")
+    again, _ = evaluate_run(run_dir, out_dir=tmp_path / "again")
     assert again.values() == report.values()
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dmrnet.errors import DataError, DmrnetError
+from dmrnet.errors import DataError, DmrnetError, RunInterrupted
 
 
 def _console() -> Any:
@@ -20,21 +20,24 @@ def _console() -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dmrnet.config import load_config
-    from dmrnet.runs import load_run_config, train
+    from dmrnet.runs import resume_config, train
 
+    overrides = list(args.set)
+    if args.devices is not None:
+        overrides.append(f"train.devices={args.devices}")
+    if args.strategy is not None:
+        overrides.append(f"train.strategy={args.strategy}")
     if args.resume:
-        if args.config or args.set:
-            raise DmrnetError("--resume continues a run with its stored config: give only RUN_DIR")
+        if args.config or args.run_dir:
+            raise DmrnetError(
+                "--resume continues a run with its stored config: give RUN_DIR only (and "
+                "--set for the keys a resume may change, e.g. train.epochs to extend it)"
+            )
         run_dir = Path(args.resume)
-        config = load_run_config(run_dir)
+        config = resume_config(run_dir, overrides)
     else:
         if not args.config:
             raise DmrnetError("give a CONFIG file (or --resume RUN_DIR)")
-        overrides = list(args.set)
-        if args.devices is not None:
-            overrides.append(f"train.devices={args.devices}")
-        if args.strategy is not None:
-            overrides.append(f"train.strategy={args.strategy}")
         config = load_config(args.config, overrides)
         run_dir = Path(args.run_dir or Path("runs") / (config.name or Path(args.config).stem))
     report = train(config, run_dir, data_root=args.data_root, resume=bool(args.resume))
@@ -52,7 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.combinations
         else None
     )
-    report = evaluate_run(
+    report, out_dir = evaluate_run(
         args.path,
         split=args.split,
         combinations=combinations,
@@ -60,6 +63,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
     )
     _console().print(report.rich_table())
+    print(f"results written to {out_dir}/results.json (.csv, .md, .png)")
     return 0
 
 
@@ -240,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set model.kl_weight=0.01 (repeatable)",
     )
     train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint, exactly; with --set train.epochs=N, "
+        "extend it (docs/runs.md)",
     )
     train.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
     train.add_argument("--devices", help="Lightning devices, e.g. 2 (same as --set train.devices)")
@@ -250,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate a trained run on every (or given) modality combination",
-        description="Evaluate RUN_DIR_OR_CHECKPOINT; writes results.json/.csv/.md/.png.",
+        description="Evaluate RUN_DIR_OR_CHECKPOINT; writes results.json/.csv/.md/.png into "
+        "its own folder (never over the run's results).",
     )
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument(
@@ -261,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
-    evaluate.add_argument("--out", help="output folder (default: the run directory)")
+    evaluate.add_argument(
+        "--out", help="output folder (default: RUN_DIR/evaluations/<split>-<checkpoint>[-<combs>])"
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser(
@@ -330,11 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return int(args.func(args))
+    except RunInterrupted as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     except DmrnetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with: dmrnet train --resume RUN_DIR", file=sys.stderr)
+        # Before a run directory exists (RunInterrupted carries the resume command after).
+        print("interrupted", file=sys.stderr)
         return 130
 
 

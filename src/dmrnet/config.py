@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from dmrnet.checks import format_errors
 from dmrnet.errors import ConfigError
 
 
@@ -86,14 +87,23 @@ class SchedulerConfig(Strict):
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/10")
 
 
+# The values Lightning's Trainer accepts, checked here so that a typo is a config error naming the
+# key before anything is built (the strategy name and the accelerator's presence are checked
+# against Lightning's registries when a run is planned, see runs.check_trainer).
+Precision = Literal[
+    "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "32", "16", "bf16"
+]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
+
+
 class TrainConfig(Strict):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    precision: str = "32-true"
-    accelerator: str = "cpu"
-    devices: int | str = 1
+    precision: Precision = "32-true"
+    accelerator: Accelerator = "cpu"
+    devices: int | str = Field(1, description="a count, -1 (all), 'auto' or a list '0,1'")
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     gradient_clip: float | None = Field(None, gt=0.0)
@@ -101,10 +111,31 @@ class TrainConfig(Strict):
     log_every_n_steps: int = Field(10, ge=1)
     progress_bar: bool = True
 
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value == -1 or value >= 1:
+                return value
+            raise ValueError("devices must be a count >= 1 or -1 (all)")
+        text = value.strip()
+        indices = [part.strip() for part in text.split(",") if part.strip()]
+        if text == "auto" or (indices and all(part.lstrip("-").isdigit() for part in indices)):
+            return text
+        raise ValueError("devices must be a count, -1, 'auto' or device indices such as '0,1'")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("strategy must name a Lightning strategy, e.g. auto or ddp")
+        return value
+
 
 class EvalConfig(Strict):
     batch_size: int = Field(256, ge=1)
-    combinations: list[str] | None = Field(None, description="default: all 2^M - 1")
+    # Parsed against the method's modalities when a run is planned (runs.plan), before training.
+    combinations: list[str] | None = Field(None, description="default: all 2^M - 1", min_length=1)
     availability_p: float = Field(0.5, gt=0.0, lt=1.0, description="for the expected summary")
 
 
@@ -129,19 +160,6 @@ def _config_class(method: str) -> type[Config]:
     return create_model(f"Config[{method}]", __base__=Config, model=(model_class, ...))
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
-        elif item["type"] == "missing":
-            lines.append(f"{key}: required key is missing")
-        else:
-            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
-    return f"{source}: invalid config\n  " + "\n  ".join(lines)
-
-
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a config dict; errors name the dotted key (and the file, as `source`)."""
     if not isinstance(raw, dict):
@@ -158,7 +176,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return config_class.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
+        raise ConfigError(format_errors(error, source)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -3,24 +3,36 @@
 The engine knows the methods interface and nothing about DMRNet: it samples the training mask,
 encodes, decodes, asks the method for its loss, validates every combination each epoch (the
 best checkpoint is chosen on the validation mean over combinations) and checkpoints.
+
+Checkpoints are what an exact resume needs (see docs/runs.md): `RunState` writes last.ckpt
+before the first epoch and after every epoch, with every random state (torch, numpy, python and
+the training loader's shuffling generator), so a resumed run replays the interrupted epoch from
+its start exactly as the uninterrupted run played it. Every checkpoint is written atomically
+with its sha256 beside it (`AtomicCheckpointIO`).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from dmrnet.config import Config, OptimizerConfig, SchedulerConfig
 from dmrnet.data.base import spec_to_dict
+from dmrnet.errors import NonFiniteError
 from dmrnet.evaluate import CombinationEvaluator
+from dmrnet.files import CHECKSUM_SUFFIX, write_with_checksum
 from dmrnet.methods import LossOutput, Method
 from dmrnet.metrics import summarize
 
@@ -28,6 +40,7 @@ log = logging.getLogger("dmrnet")
 
 CHECKPOINT_FORMAT = 1
 MONITOR = "val/mean"
+LAST = "last.ckpt"
 
 
 def build_optimizer(params: Any, config: OptimizerConfig) -> torch.optim.Optimizer:
@@ -77,6 +90,13 @@ class LitMethod(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = training_loss(self.method, batch)
+        if not bool(torch.isfinite(loss.total)):
+            # Stop before the optimizer turns one bad batch into NaN weights; last.ckpt still
+            # holds the end of the previous epoch.
+            raise NonFiniteError(
+                f"the training loss is {float(loss.total)} in epoch {self.current_epoch}, "
+                f"step {batch_idx} (global step {self.global_step}; 0-based, as in metrics.csv)"
+            )
         size = batch["present"].shape[0]
         self.log("train/loss", loss.total, prog_bar=True, batch_size=size)
         for name, value in loss.terms.items():
@@ -137,21 +157,129 @@ class LitMethod(pl.LightningModule):
         }
 
 
-def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0
-) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    # BatchNorm cannot train on a final batch of one sample: drop the ragged end in training.
-    drop_last = shuffle and len(dataset) > batch_size  # type: ignore[arg-type]
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        generator=generator if shuffle else None,
-        persistent_workers=num_workers > 0,
-    )
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written in place of Lightning's default (which stages them in the system
+    temp folder and can leave a 0-byte file across filesystems): serialized in memory, then
+    atomically replaced with their sha256 recorded beside them (files.write_with_checksum)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_with_checksum(Path(path), buffer.getvalue())
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        Path(str(path) + CHECKSUM_SUFFIX).unlink(missing_ok=True)
+
+
+def random_states(generator: torch.Generator | None) -> dict[str, Any]:
+    """Every random state a training epoch draws from, in plain types and tensors (so the
+    checkpoint stays loadable with weights_only=True)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": random.getstate(),
+        "loader": None if generator is None else generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(states: dict[str, Any], generator: torch.Generator | None) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if generator is not None and states.get("loader") is not None:
+        generator.set_state(states["loader"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RunState(Checkpoint):
+    """last.ckpt before the first epoch and after every one, with the random states and the
+    number of finished epochs; stops at batch boundaries when `interrupted` says so, and on a
+    non-finite gradient.
+
+    A `Checkpoint` subclass, so Lightning runs it after the module's epoch-end hooks (the HCR's
+    selection at the end of an epoch is in the checkpoint of that epoch).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        generator: torch.Generator | None,
+        check_interrupt: Callable[[], None] = lambda: None,
+        check_gradients: bool = True,
+    ) -> None:
+        self.path = directory / LAST
+        self.generator = generator
+        self.check_interrupt = check_interrupt
+        self.check_gradients = check_gradients
+        self.epochs_done = 0
+        self.restored = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_done": self.epochs_done, "random": random_states(self.generator)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs_done = int(state_dict["epochs_done"])
+        restore_random_states(state_dict["random"], self.generator)
+        self.restored = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.restored:
+            self._save(trainer)  # an interruption in the first epoch can resume too
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_logs(trainer)  # the previous epoch's epoch-end rows
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs_done = trainer.current_epoch + 1
+        self._flush_logs(trainer)  # the history the checkpoint vouches for is on disk first
+        self._save(trainer)
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.check_interrupt()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        self.check_interrupt()
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if not self.check_gradients:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        grads = [g for g in grads if g is not None]
+        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            raise NonFiniteError(
+                f"a gradient is NaN or infinite in epoch {trainer.current_epoch}, step "
+                f"{trainer.fit_loop.epoch_loop.batch_idx} (global step {trainer.global_step}; "
+                "0-based, as in metrics.csv)"
+            )
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+
+    @staticmethod
+    def _flush_logs(trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.save()
+
+
+def epochs_done(checkpoint: dict[str, Any]) -> int:
+    """Finished epochs recorded in a checkpoint written by RunState."""
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith("RunState") and isinstance(state, dict):
+            return int(state["epochs_done"])
+    return int(checkpoint.get("epoch", -1)) + 1  # a checkpoint from before RunState
 
 
 def build_trainer(
@@ -161,18 +289,31 @@ def build_trainer(
     maximize: bool = True,
     epochs: int | None = None,
     monitor: str = MONITOR,
+    generator: torch.Generator | None = None,
+    check_interrupt: Callable[[], None] = lambda: None,
 ) -> pl.Trainer:
     """Trainer with best (on `monitor`, by default the validation mean over combinations) and
-    last checkpoints. `epochs` defaults to `train.epochs` (a training stage may set its own)."""
+    last checkpoints. `epochs` defaults to `train.epochs` (a training stage may set its own).
+
+    `generator` is the training loader's shuffling generator (its state goes into every
+    checkpoint); `check_interrupt` is called at every batch boundary and may raise to stop.
+    """
     train = config.train
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor,
         mode="max" if maximize else "min",
-        save_last=True,
+        save_last=False,  # RunState writes last.ckpt, after this callback has updated best
         save_top_k=1,
         enable_version_counter=False,
+    )
+    state = RunState(
+        run_dir / "checkpoints",
+        generator,
+        check_interrupt,
+        # 16-bit mixed precision skips steps with inf gradients by design (the grad scaler).
+        check_gradients=train.precision not in ("16-mixed", "16"),
     )
     return pl.Trainer(
         accelerator=train.accelerator,
@@ -183,7 +324,8 @@ def build_trainer(
         max_epochs=epochs if epochs is not None else train.epochs,
         gradient_clip_val=train.gradient_clip,
         deterministic=train.deterministic,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, state],
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(run_dir, name="logs", version=""),
         log_every_n_steps=min(train.log_every_n_steps, max(1, steps_per_epoch)),
         enable_progress_bar=train.progress_bar,

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dmrnet.files import atomic_write, save_figure, write_text
 from dmrnet.metrics import summarize
 from dmrnet.modalities import Combination, ModalitySet
 
@@ -101,15 +102,16 @@ class EvaluationReport:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = [directory / name for name in RESULT_FILES]
-        paths[0].write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        # Atomic (files.atomic_write): a failed write keeps the previous results whole.
+        write_text(paths[0], json.dumps(self.to_dict(), indent=2) + "\n")
         self._write_csv(paths[1])
-        paths[2].write_text(self.markdown())
+        write_text(paths[2], self.markdown())
         plot_report(self, paths[3])
         return paths
 
     def _write_csv(self, path: Path) -> None:
         metrics = list(self.higher_is_better)
-        with path.open("w", newline="") as handle:
+        with atomic_write(path, newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["combination", "size", "samples", *metrics, "variance"])
             for r in self.results:
@@ -193,7 +195,7 @@ def plot_report(report: EvaluationReport, path: Path) -> None:
     low = min(values)
     ax.set_xlim(max(0.0, low - 5) if report.higher_is_better[report.metric] else 0.0, None)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from dmrnet.errors import DataError, UnknownNameError
+from dmrnet.errors import UnknownNameError
 
 Combination = tuple[int, ...]
 
@@ -85,17 +85,6 @@ class ModalitySet:
             lookup[sum(1 << i for i in combination)] = index
         bits = (masks.long() << torch.arange(len(self.names), device=masks.device)).sum(-1)
         return lookup.to(masks.device)[bits]
-
-
-def check_present(present: torch.Tensor, where: str) -> None:
-    """A sample with no modality at all cannot be used; say which one, at the data boundary."""
-    empty = ~present.any(dim=-1)
-    if bool(empty.any()):
-        first = int(torch.nonzero(empty)[0])
-        raise DataError(
-            f"{where}: sample {first} has no modality present ({int(empty.sum())} such samples); "
-            "every sample needs at least one modality"
-        )
 
 
 SamplerKind = Literal["uniform", "independent", "fixed", "full"]

@@ -2,34 +2,56 @@
 
 RUN_DIR/
   config.yaml            the resolved config
+  .lock                  the writing process (pid, host, start time); one writer per run
   checkpoints/best.ckpt  best validation mean over combinations
-  checkpoints/last.ckpt  end of the latest epoch (what --resume continues from)
+  checkpoints/last.ckpt  before the first epoch and after every epoch (what --resume continues)
+  checkpoints/*.sha256   each checkpoint's sha256, verified when it is loaded
   logs/metrics.csv       per-step and per-epoch logs (losses, val summaries, HCR statistics)
   train.log              the run's log lines
   results.{json,csv,md,png}  every-combination evaluation on the test split
   predictions.png        dense tasks (segmentation): a few test samples, predicted under each
                          combination
+  evaluations/<name>/    later `dmrnet evaluate` reports (other splits, subsets, checkpoints)
   stages/<name>/         earlier stages of a multi-stage method (e.g. MMANet's teacher): their
                          own checkpoints/ and logs/, and STAGE_DONE once finished
+
+`train` runs named steps: `plan` (everything that can fail on user input, before anything is
+written), `open_run` (directory, lock, config), `fit_stage` for each training stage,
+`test_evaluation` and `write_reports`. docs/runs.md says what resume guarantees.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import io
 import logging
+import shlex
 import shutil
-from dataclasses import dataclass
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dmrnet.config import Config, load_config, parse_config, save_config
+from dmrnet.checks import check_splits
+from dmrnet.config import Config, apply_overrides, parse_config, read_yaml
 from dmrnet.data import DataSplits, build_data
 from dmrnet.data.base import DataSpec, spec_from_dict
-from dmrnet.engine import CHECKPOINT_FORMAT, LitMethod, build_trainer, make_loader
-from dmrnet.errors import CheckpointError, ConfigError, DmrnetError
+from dmrnet.data.loaders import make_loader
+from dmrnet.errors import (
+    CheckpointError,
+    ConfigError,
+    DmrnetError,
+    NonFiniteError,
+    RunInterrupted,
+)
 from dmrnet.evaluate import EvaluationReport, build_report
+from dmrnet.files import RunLock, atomic_write, verify_checksum, write_text
 from dmrnet.methods import Method, build_method
 from dmrnet.methods.stages import StagedMethod, TrainingStage
 from dmrnet.modalities import Combination
@@ -38,6 +60,17 @@ from dmrnet.tasks import build_task
 log = logging.getLogger("dmrnet")
 
 STAGE_DONE = "STAGE_DONE"  # marks a finished earlier stage of a multi-stage method
+HISTORY = "metrics.before-resume.csv"  # metrics rows kept aside while a resumed fit runs
+
+# Keys `--resume RUN --set KEY=VALUE` may change: they extend a run or change only how it is
+# shown or evaluated, never what the finished epochs trained.
+RESUMABLE_KEYS = (
+    "train.epochs",
+    "train.progress_bar",
+    "train.log_every_n_steps",
+    "eval.batch_size",
+    "data.root",
+)
 
 
 def build_data_for(config: Config, data_root: str | Path | None = None) -> DataSplits:
@@ -58,14 +91,6 @@ def _is_rank_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _add_file_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("dmrnet").addHandler(handler)
-    logging.getLogger("dmrnet").setLevel(logging.INFO)
-    return handler
 
 
 def training_stages(method: Method, config: Config) -> list[TrainingStage]:
@@ -93,6 +118,258 @@ def _method_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     }
 
 
+# --- the steps of `train` ----------------------------------------------------------------------
+
+
+@dataclass
+class RunPlan:
+    """A run checked against its inputs, before anything is written."""
+
+    config: Config
+    run_dir: Path
+    data_root: str | Path | None
+    resume: bool
+    data: DataSplits
+    method: Method
+    stages: list[TrainingStage]
+    directories: list[Path]
+    combinations: list[Combination] | None
+    train_loader: Any
+    val_loader: Any
+    # Finished epochs per stage, read from each stage's last.ckpt (0 where there is none).
+    epochs_done: list[int] = field(default_factory=list)
+
+    def last(self, index: int) -> Path:
+        return self.directories[index] / "checkpoints" / "last.ckpt"
+
+    @property
+    def finished(self) -> bool:
+        """Every stage has all its epochs and the test results are written."""
+        fitted = all(
+            done >= stage.epochs for done, stage in zip(self.epochs_done, self.stages, strict=True)
+        )
+        return fitted and (self.run_dir / "results.json").is_file()
+
+    def resume_command(self) -> str:
+        command = ["dmrnet", "train", "--resume", str(self.run_dir)]
+        if self.data_root is not None:
+            command += ["--data-root", str(self.data_root)]
+        return shlex.join(command)
+
+
+def plan(
+    config: Config,
+    run_dir: str | Path,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+) -> RunPlan:
+    """Check everything that can fail on user input: the run directory's state, the data (and
+    its splits), the model, eval.combinations and every Trainer option. Writes nothing."""
+    import lightning.pytorch as pl
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: is a file, not a directory")
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    data = build_data_for(config, data_root)
+    check_data(data)
+    method = build_model(config, data.spec)
+    combinations = parse_combinations(method, config.eval.combinations, "eval.combinations")
+    stages = training_stages(method, config)
+    directories = stage_directories(run_dir, stages)
+    check_trainer(config)
+    train_loader = make_loader(
+        data.train, config.train.batch_size, True, config.data.num_workers, config.seed
+    )
+    val_loader = make_loader(data.val, config.eval.batch_size, False, config.data.num_workers)
+    run = RunPlan(
+        config,
+        run_dir,
+        data_root,
+        resume,
+        data,
+        method,
+        stages,
+        directories,
+        combinations,
+        train_loader,
+        val_loader,
+    )
+    lasts = [run.last(i) for i in range(len(stages))]
+    if resume and not any(last.is_file() for last in lasts):
+        raise CheckpointError(f"{run_dir}: nothing to resume, {lasts[0]} does not exist")
+    if not resume and _is_rank_zero() and _has_checkpoints(directories):
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume or choose another --run-dir"
+        )
+    run.epochs_done = [
+        _resumable_epochs(last, config, stage) if resume and last.is_file() else 0
+        for last, stage in zip(lasts, stages, strict=True)
+    ]
+    return run
+
+
+def check_data(data: DataSplits) -> None:
+    """Degenerate splits fail before training: an empty split, one training class, or a class
+    that only validation or test has (classification)."""
+    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}  # type: ignore[arg-type]
+    targets = {split: getattr(getattr(data, split), "targets", None) for split in sizes}
+    classification = data.spec.task == "classification" and all(
+        isinstance(t, torch.Tensor) for t in targets.values()
+    )
+    check_splits(sizes, targets if classification else None, data.spec.name)  # type: ignore[arg-type]
+
+
+def parse_combinations(
+    method: Method, texts: list[str] | None, key: str
+) -> list[Combination] | None:
+    return [_parse(method, text, f"{key}[{i}]") for i, text in enumerate(texts)] if texts else None
+
+
+def check_trainer(config: Config) -> None:
+    """The Trainer options against Lightning itself: the strategy's name, the accelerator's
+    presence, devices and precision together. Errors name the key, never a Lightning traceback."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    train = config.train
+    strategies = ["auto", "ddp", "ddp_spawn", "deepspeed", "fsdp", "single_device"]
+    if train.strategy not in StrategyRegistry and train.strategy not in strategies:
+        known = ", ".join(sorted({*strategies, *StrategyRegistry.available_strategies()}))
+        raise ConfigError(f"train.strategy: unknown strategy {train.strategy!r}; known: {known}")
+    name = {"gpu": "cuda"}.get(train.accelerator, train.accelerator)
+    if name != "auto" and name in AcceleratorRegistry:
+        accelerator = AcceleratorRegistry[name]["accelerator"]
+        if not accelerator.is_available():
+            raise ConfigError(
+                f"train.accelerator: {train.accelerator!r} is not available on this machine; "
+                "use cpu or auto"
+            )
+    try:
+        from lightning.pytorch.trainer.connectors.accelerator_connector import (
+            _AcceleratorConnector,
+        )
+
+        _AcceleratorConnector(
+            devices=train.devices,
+            num_nodes=train.num_nodes,
+            accelerator=train.accelerator,
+            strategy=train.strategy,
+            precision=train.precision,  # type: ignore[arg-type]
+        )
+    except Exception as error:  # Lightning raises several types for bad combinations
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"train: accelerator={train.accelerator!r}, devices={train.devices!r}, "
+            f"strategy={train.strategy!r}, precision={train.precision!r} do not work together: "
+            f"{first}"
+        ) from None
+
+
+@contextlib.contextmanager
+def open_run(run: RunPlan) -> Iterator[None]:
+    """The run directory, locked for this process, with its config and train.log. A run that
+    fails before its first checkpoint is removed again (nothing half-written is left)."""
+    created = not run.run_dir.exists()
+    lock = None
+    if _is_rank_zero():
+        try:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DmrnetError(f"{run.run_dir}: cannot create: {error.strerror or error}") from None
+        lock = RunLock(run.run_dir).acquire()
+    handler = _add_file_log(run.run_dir) if _is_rank_zero() else None
+    if lock is not None and lock.describe_stale():
+        log.warning("%s", lock.describe_stale())
+    try:
+        if _is_rank_zero() and (not run.resume or _config_changed(run)):
+            write_text(run.run_dir / "config.yaml", _config_text(run.config))
+        yield
+    except BaseException:
+        if created and _is_rank_zero() and not _has_checkpoints(run.directories):
+            _remove_handler(handler)
+            handler = None
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+            lock = None
+        raise
+    finally:
+        _remove_handler(handler)
+        if lock is not None:
+            lock.release()
+
+
+def fit_stage(run: RunPlan, index: int, guard: SignalGuard) -> None:
+    """Fit stage `index` from its start, or from its last.ckpt when resuming (restoring the
+    random states, so the interrupted epoch replays exactly); skip what is already done."""
+    stage, directory, last = run.stages[index], run.directories[index], run.last(index)
+    final = index == len(run.stages) - 1
+    done_marker = directory / STAGE_DONE
+    generator = run.train_loader.generator
+    if len(run.stages) > 1:
+        if not final and done_marker.is_file():
+            _load_weights(run.method, resolve_checkpoint(directory))
+            _restore_random_states(last, generator)  # as the uninterrupted run left them
+            return
+        log.info("training stage %r (%d epochs)", stage.name, stage.epochs)
+        run.method.begin_stage(stage.name)  # type: ignore[attr-defined]
+    continues = last.is_file() and run.resume
+    if continues and run.epochs_done[index] >= stage.epochs:
+        log.info("stage %r already trained its %d epochs", stage.name, stage.epochs)
+        _restore_random_states(last, generator)
+    else:
+        from dmrnet.engine import LitMethod, build_trainer
+
+        if continues:
+            _set_history_aside(directory, run.epochs_done[index])
+        trainer = build_trainer(
+            run.config,
+            directory,
+            len(run.train_loader),
+            maximize=run.method.task.headline.higher_is_better,
+            epochs=stage.epochs,
+            monitor=stage.monitor,
+            generator=generator,
+            check_interrupt=guard.check,
+        )
+        try:
+            with guard.deferred():
+                trainer.fit(
+                    LitMethod(run.method, run.config, epochs=stage.epochs),
+                    run.train_loader,
+                    run.val_loader,
+                    ckpt_path=last if continues else None,
+                    weights_only=True if continues else None,
+                )
+        except NonFiniteError as error:
+            raise NonFiniteError(
+                f"{run.run_dir}: training stopped: {error}; {last} keeps the last good state; "
+                "lower train.optimizer.lr, set train.gradient_clip or fix the loss weights"
+            ) from None
+        except BaseException:
+            guard.check()  # Lightning turns SIGTERM into SystemExit: report it as the signal
+            raise
+        finally:
+            if _is_rank_zero():
+                _merge_history(directory)
+        guard.check()  # a signal during the last epoch still stops before the evaluation
+    if not final:
+        # The next stage starts from this stage's best weights (e.g. the best teacher).
+        _load_weights(run.method, resolve_checkpoint(directory))
+        if _is_rank_zero():
+            write_text(done_marker, f"stage {stage.name!r} finished\n")
+
+
+def test_evaluation(run: RunPlan) -> tuple[LoadedRun, EvaluationReport]:
+    """The run's best checkpoint, evaluated on every combination of the test split."""
+    loaded = load_checkpoint(resolve_checkpoint(run.run_dir))
+    return loaded, evaluate_model(loaded.method, loaded.config, run.data, "test")
+
+
+def write_reports(run: RunPlan, loaded: LoadedRun, report: EvaluationReport) -> None:
+    report.write(run.run_dir)
+    write_pictures(loaded.method, run.data.test, report, run.run_dir)
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -101,100 +378,142 @@ def train(
 ) -> EvaluationReport | None:
     """Train `config` into `run_dir`, then evaluate every combination on the test split.
 
-    Everything that can fail on user input (config, data, model options) is checked before the
-    run directory is created, so a bad run leaves nothing behind. With `resume`, training
-    continues from the last checkpoint of the stage that was interrupted (for single-stage
-    methods `run_dir/checkpoints/last.ckpt`). Returns the test report (rank 0 only).
+    Everything that can fail on user input is checked first (`plan`), so a bad run leaves
+    nothing behind. With `resume`, training continues from the last checkpoint of the stage
+    that was interrupted, exactly as the uninterrupted run would have (docs/runs.md); a finished
+    run is left as it is. Returns the test report (rank 0 only; None for a finished run).
 
     A method with several training stages (methods/stages.py) has each fitted in turn, with its
     own epochs, checkpoints and selection metric; a finished stage is marked with a file
     `STAGE_DONE` and its best weights are loaded before the next stage begins.
     """
-    import lightning.pytorch as pl
-
-    run_dir = Path(run_dir)
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    data = build_data_for(config, data_root)
-    method = build_model(config, data.spec)
-    stages = training_stages(method, config)
-    directories = stage_directories(run_dir, stages)
-    lasts = [d / "checkpoints" / "last.ckpt" for d in directories]
-    if resume and not any(last.is_file() for last in lasts):
-        raise CheckpointError(f"{run_dir}: nothing to resume, {lasts[0]} does not exist")
-    if not resume and _is_rank_zero() and _has_checkpoints(directories):
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with --resume or choose another --run-dir"
+    run = plan(config, run_dir, data_root, resume)
+    if run.finished and not _config_changed(run):
+        log.info(
+            "%s is finished (%d epochs, results.json written): nothing to do; extend it with "
+            "`dmrnet train --resume %s --set train.epochs=N`",
+            run.run_dir,
+            run.stages[-1].epochs,
+            shlex.quote(str(run.run_dir)),
         )
-    train_loader = make_loader(
-        data.train, config.train.batch_size, True, config.data.num_workers, config.seed
-    )
-    val_loader = make_loader(data.val, config.eval.batch_size, False, config.data.num_workers)
-    maximize = method.task.headline.higher_is_better
+        return None
+    with open_run(run), SignalGuard(run) as guard:
+        for index in range(len(run.stages)):
+            fit_stage(run, index, guard)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # The test evaluation below runs on rank 0 alone: nothing may wait for the others.
+            is_zero = torch.distributed.get_rank() == 0
+            torch.distributed.destroy_process_group()
+            if not is_zero:
+                return None
+        if not _is_rank_zero():
+            return None
+        loaded, report = test_evaluation(run)
+        write_reports(run, loaded, report)
+    return report
 
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _add_file_log(run_dir)
-    metrics_file = run_dir / "logs" / "metrics.csv"
-    earlier_metrics = metrics_file.with_name("metrics.before-resume.csv")
-    if resume and metrics_file.is_file() and _is_rank_zero():
-        # Lightning's CSV logger starts its file afresh; keep the history and merge it back.
-        metrics_file.replace(earlier_metrics)
-    try:
-        if _is_rank_zero() and not resume:
-            save_config(config, run_dir / "config.yaml")
-        stage_plan = zip(stages, directories, lasts, strict=True)
-        for index, (stage, directory, last) in enumerate(stage_plan):
-            final = index == len(stages) - 1
-            done = directory / STAGE_DONE
-            if len(stages) > 1:
-                if not final and done.is_file():
-                    _load_weights(method, resolve_checkpoint(directory))
-                    continue
-                log.info("training stage %r (%d epochs)", stage.name, stage.epochs)
-                method.begin_stage(stage.name)  # type: ignore[attr-defined]
-            trainer = build_trainer(
-                config,
-                directory,
-                len(train_loader),
-                maximize=maximize,
-                epochs=stage.epochs,
-                monitor=stage.monitor,
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """A run's stored config, with `overrides` of the keys resuming may change (RESUMABLE_KEYS,
+    e.g. train.epochs to extend a run); any other key is refused by name."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no config.yaml; is this a dmrnet run directory?")
+    raw = read_yaml(path)
+    for override in overrides or []:
+        key = override.partition("=")[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"--set {key}: cannot change when resuming {run_dir} (the finished epochs were "
+                f"trained with the stored value); keys you may change: {', '.join(RESUMABLE_KEYS)}"
             )
-            continues = resume and last.is_file()
-            trainer.fit(
-                LitMethod(method, config, epochs=stage.epochs),
-                train_loader,
-                val_loader,
-                ckpt_path=last if continues else None,
-                weights_only=True if continues else None,
-            )
-            if not final:
-                # The next stage starts from this stage's best weights (e.g. the best teacher).
-                _load_weights(method, resolve_checkpoint(directory))
-                if _is_rank_zero():
-                    done.write_text(f"stage {stage.name!r} finished\n")
-    except BaseException:
-        # A run that never wrote a checkpoint is not worth keeping; one that did can resume.
-        if created and _is_rank_zero() and not _has_checkpoints(directories):
-            logging.getLogger("dmrnet").removeHandler(handler)
-            handler.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
+    return parse_config(apply_overrides(raw, list(overrides or [])), source=str(path))
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+class SignalGuard:
+    """SIGINT and SIGTERM become RunInterrupted, carrying the command that resumes the run.
+
+    While a fit runs (`deferred`), a signal is only recorded and the fit stops at the next batch
+    boundary (RunState calls `check`), so no checkpoint write is ever cut; outside a fit, or at a
+    second signal, it raises at once (every file is written atomically, so that is safe too).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, run: RunPlan) -> None:
+        self.run = run
+        self.received: int | None = None
+        self.defer = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.defer = True
+        try:
+            yield
+        finally:
+            self.defer = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = signum
+        if not (first and self.defer):
+            raise self.error()
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise self.error()
+
+    def error(self) -> RunInterrupted:
+        assert self.received is not None
+        name = signal.Signals(self.received).name
+        last = self.run.last(len(self.run.stages) - 1)
+        return RunInterrupted(
+            f"interrupted by {name}; {last} holds the last finished epoch; resume with: "
+            f"{self.run.resume_command()}",
+            self.received,
+        )
+
+
+# --- helpers of the steps ----------------------------------------------------------------------
+
+
+def _add_file_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("dmrnet").addHandler(handler)
+    logging.getLogger("dmrnet").setLevel(logging.INFO)
+    return handler
+
+
+def _remove_handler(handler: logging.Handler | None) -> None:
+    if handler is not None:
         logging.getLogger("dmrnet").removeHandler(handler)
         handler.close()
-        if earlier_metrics.is_file():
-            _prepend_rows(earlier_metrics, metrics_file)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # The test evaluation below runs on rank 0 alone: nothing may wait for the other ranks.
-        torch.distributed.destroy_process_group()
-    if not trainer.is_global_zero:
-        return None
-    loaded = load_checkpoint(resolve_checkpoint(run_dir))
-    report = evaluate_model(loaded.method, loaded.config, data, "test")
-    report.write(run_dir)
-    write_pictures(loaded.method, data.test, report, run_dir)
-    return report
+
+
+def _config_text(config: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _config_changed(run: RunPlan) -> bool:
+    stored = run.run_dir / "config.yaml"
+    return not stored.is_file() or stored.read_text() != _config_text(run.config)
 
 
 def _has_checkpoints(directories: list[Path]) -> bool:
@@ -202,25 +521,83 @@ def _has_checkpoints(directories: list[Path]) -> bool:
 
 
 def _load_weights(method: Method, path: Path) -> None:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    method.load_state_dict(_method_state(checkpoint))
+    method.load_state_dict(_method_state(read_checkpoint(path)))
 
 
-def _prepend_rows(earlier: Path, current: Path) -> None:
-    """metrics.csv := earlier rows + current rows, with the union of their columns."""
-    tables = []
-    for path in (earlier, current):
-        if path.is_file():
-            with path.open(newline="") as handle:
-                reader = csv.DictReader(handle)
-                tables.append((list(reader.fieldnames or []), list(reader)))
+def _restore_random_states(last: Path, generator: torch.Generator | None) -> None:
+    from dmrnet.engine import restore_random_states
+
+    for key, state in read_checkpoint(last).get("callbacks", {}).items():
+        if key.startswith("RunState"):
+            restore_random_states(state["random"], generator)
+
+
+def _resumable_epochs(last: Path, config: Config, stage: TrainingStage) -> int:
+    """Finished epochs in `last`, after checking it can be resumed with `config`."""
+    from dmrnet.engine import epochs_done
+
+    checkpoint = read_checkpoint(last)
+    _check_method(_stored_config(checkpoint, last), config, last)
+    done = epochs_done(checkpoint)
+    if done > stage.epochs:
+        raise ConfigError(
+            f"train.epochs={config.train.epochs}: stage {stage.name!r} has already trained "
+            f"{done} epochs; a run can be extended, not shortened"
+        )
+    return done
+
+
+def _check_method(stored: Config, expected: Config, path: Path) -> None:
+    if stored.model.method != expected.model.method:
+        raise CheckpointError(
+            f"{path}: a {stored.model.method!r} checkpoint, but the run's config.yaml says "
+            f"{expected.model.method!r}; it does not belong to this run"
+        )
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        return [], []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _write_rows(path: Path, tables: list[tuple[list[str], list[dict[str, str]]]]) -> None:
     columns = sorted({name for names, _ in tables for name in names})
-    with current.open("w", newline="") as handle:
+    with atomic_write(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for _, rows in tables:
             writer.writerows(rows)
-    earlier.unlink()
+
+
+def _set_history_aside(directory: Path, epochs_done: int) -> None:
+    """Before a resumed fit: keep the rows of the finished epochs in HISTORY (Lightning's CSV
+    logger starts metrics.csv afresh) and drop those of the interrupted epoch, which is replayed.
+    A HISTORY left by an earlier interrupted resume is part of the history too."""
+    logs = directory / "logs"
+    metrics, history = logs / "metrics.csv", logs / HISTORY
+    tables = [_read_rows(history), _read_rows(metrics)]
+    kept = [(names, [r for r in rows if _epoch(r) < epochs_done]) for names, rows in tables]
+    _write_rows(history, kept)
+    metrics.unlink(missing_ok=True)
+
+
+def _merge_history(directory: Path) -> None:
+    """After a resumed fit (finished or not): metrics.csv := HISTORY rows + the new rows."""
+    logs = directory / "logs"
+    metrics, history = logs / "metrics.csv", logs / HISTORY
+    if history.is_file():
+        _write_rows(metrics, [_read_rows(history), _read_rows(metrics)])
+        history.unlink()
+
+
+def _epoch(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("epoch") or -1)
+    except ValueError:
+        return -1
 
 
 @dataclass
@@ -245,19 +622,32 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> LoadedRun:
-    """Rebuild a trained method from a checkpoint, loading it with `weights_only=True` (a
-    checkpoint can never execute code). Foreign or corrupt files raise CheckpointError."""
-    path = resolve_checkpoint(path)
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents: its sha256 checked against the one recorded beside it, loaded
+    with `weights_only=True` (a checkpoint can never execute code). Corrupt, truncated or
+    foreign files raise CheckpointError naming the file."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read: {error.strerror or error}") from None
+    verify_checksum(path, data)
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise CheckpointError(
             f"{path}: not a loadable dmrnet checkpoint ({first_line}); dmrnet loads checkpoints "
             "with weights_only=True and never unpickles arbitrary objects"
         ) from None
-    meta = checkpoint.get("dmrnet") if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a dmrnet checkpoint (no weights)")
+    return checkpoint
+
+
+def _stored_config(checkpoint: dict[str, Any], path: Path) -> Config:
+    from dmrnet.engine import CHECKPOINT_FORMAT
+
+    meta = checkpoint.get("dmrnet")
     if not isinstance(meta, dict) or "config" not in meta or "spec" not in meta:
         raise CheckpointError(f"{path}: not a dmrnet checkpoint (no 'dmrnet' section)")
     if meta.get("format") != CHECKPOINT_FORMAT:
@@ -265,13 +655,26 @@ def load_checkpoint(path: str | Path) -> LoadedRun:
             f"{path}: checkpoint format {meta.get('format')!r}, this dmrnet reads "
             f"{CHECKPOINT_FORMAT}"
         )
-    config = parse_config(meta["config"], source=f"{path} (stored config)")
-    spec = spec_from_dict(meta["spec"])
+    return parse_config(meta["config"], source=f"{path} (stored config)")
+
+
+def load_checkpoint(path: str | Path) -> LoadedRun:
+    """Rebuild a trained method from a checkpoint (see `read_checkpoint`). Weights that are not
+    finite are refused: they could only give NaN predictions."""
+    path = resolve_checkpoint(path)
+    checkpoint = read_checkpoint(path)
+    config = _stored_config(checkpoint, path)
+    spec = spec_from_dict(checkpoint["dmrnet"]["spec"])
+    state = _method_state(checkpoint)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name!r} holds NaN or infinite values")
     method = build_model(config, spec)
     try:
-        method.load_state_dict(_method_state(checkpoint))
+        method.load_state_dict(state)
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not match the stored config: {error}") from None
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match the stored config: {first}") from None
     method.eval()
     return LoadedRun(method=method, config=config, spec=spec, checkpoint=path)
 
@@ -287,11 +690,8 @@ def evaluate_model(
         raise ConfigError(f"split must be train, val or test, got {split!r}")
     dataset = getattr(data, split)
     loader = make_loader(dataset, config.eval.batch_size, False, config.data.num_workers)
-    if combinations is None and config.eval.combinations:
-        combinations = [
-            _parse(method, text, f"eval.combinations[{i}]")
-            for i, text in enumerate(config.eval.combinations)
-        ]
+    if combinations is None:
+        combinations = parse_combinations(method, config.eval.combinations, "eval.combinations")
     report = build_report(
         method,
         loader,
@@ -323,24 +723,44 @@ def evaluate_run(
     combinations: list[str] | None = None,
     data_root: str | Path | None = None,
     out_dir: str | Path | None = None,
-) -> EvaluationReport:
+) -> tuple[EvaluationReport, Path]:
     """Evaluate a trained run (or checkpoint) on every (or the given) combination and write the
-    reports into `out_dir` (default: the run directory)."""
+    reports into `out_dir`; returns the report and where it was written.
+
+    A run's own results are never overwritten: by default the reports go to
+    RUN/evaluations/<split>-<checkpoint>[-<combinations>]/ (beside the checkpoint's folder for
+    a checkpoint outside a run). A checkpoint inside a run must match the run's config.yaml.
+    """
     loaded = load_checkpoint(path)
-    parsed = (
-        [_parse(loaded.method, text, "--combinations") for text in combinations]
-        if combinations
-        else None
-    )
+    checkpoints = loaded.checkpoint.parent
+    run_dir = checkpoints.parent if checkpoints.name == "checkpoints" else None
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        _check_method(load_run_config(run_dir), loaded.config, loaded.checkpoint)
+    parsed = parse_combinations(loaded.method, combinations, "--combinations")
     data = build_data_for(loaded.config, data_root)
     report = evaluate_model(loaded.method, loaded.config, data, split, parsed)
     if out_dir is None:
-        checkpoints = loaded.checkpoint.parent
-        run_dir = checkpoints.parent if checkpoints.name == "checkpoints" else checkpoints
-        out_dir = run_dir if split == "test" else run_dir / split
+        out_dir = (
+            (run_dir or checkpoints)
+            / "evaluations"
+            / _evaluation_name(split, loaded.checkpoint, combinations)
+        )
+    out_dir = Path(out_dir)
     report.write(out_dir)
     write_pictures(loaded.method, getattr(data, split), report, out_dir)
-    return report
+    return report, out_dir
+
+
+def _evaluation_name(split: str, checkpoint: Path, combinations: list[str] | None) -> str:
+    parts = [split, checkpoint.stem]
+    if combinations:
+        chosen = "_".join(combinations)
+        safe = "".join(c if c.isalnum() or c in "+-_" else "-" for c in chosen)
+        if len(safe) > 60:
+            digest = hashlib.sha256(chosen.encode()).hexdigest()[:8]
+            safe = f"{len(combinations)}-combinations-{digest}"
+        parts.append(safe)
+    return "-".join(parts)
 
 
 def write_pictures(
@@ -353,10 +773,7 @@ def write_pictures(
 
 
 def load_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: no config.yaml; is this a dmrnet run directory?")
-    return load_config(path)
+    return resume_config(run_dir)
 
 
 __all__: list[Any] = [
@@ -367,7 +784,10 @@ __all__: list[Any] = [
     "evaluate_run",
     "load_checkpoint",
     "load_run_config",
+    "plan",
+    "read_checkpoint",
     "resolve_checkpoint",
+    "resume_config",
     "stage_directories",
     "train",
     "training_stages",

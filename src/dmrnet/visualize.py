@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dmrnet.files import save_figure
+
 IGNORE_COLOUR = (200, 200, 200)
 
 
@@ -133,8 +135,7 @@ def prediction_grid(
         fig.legend(handles=handles, loc="lower center", ncol=min(classes, 11), fontsize=7)
     fig.suptitle(f"{method.config.method} on {spec.name}: predictions per combination", fontsize=10)
     fig.tight_layout(rect=(0, 0.08 if classes <= 40 else 0, 1, 0.96))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -35,7 +35,7 @@ def test_label_values_outside_the_classes_are_rejected_with_sample_and_value():
     labels[2, 1, 1] = 255  # the ignore index is fine
     dataset(inputs, labels)
     labels[3, 0, 0] = 7
-    with pytest.raises(DataError, match=r"scenes\.npz.*label value 7 in sample 3"):
+    with pytest.raises(DataError, match=r"scenes\.npz.*label 7 at sample 3"):
         dataset(inputs, labels, source="scenes.npz")
 
 

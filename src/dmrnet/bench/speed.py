@@ -30,7 +30,8 @@ import torch
 
 from dmrnet.config import Config
 from dmrnet.data import DataSplits
-from dmrnet.engine import build_optimizer, make_loader, training_loss
+from dmrnet.data.loaders import make_loader
+from dmrnet.engine import build_optimizer, training_loss
 from dmrnet.evaluate import evaluate_combinations, to_device
 from dmrnet.methods import Method
 from dmrnet.methods.stages import StagedMethod

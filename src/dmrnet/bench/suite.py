@@ -38,9 +38,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dmrnet.checks import format_errors
 from dmrnet.config import (
     Config,
-    _format_errors,
     apply_overrides,
     parse_config,
     read_yaml,
@@ -170,7 +170,7 @@ def load_suite(
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_errors(error, str(path))) from None
+        raise ConfigError(format_errors(error, str(path))) from None
     _check_analyses(suite, path)
     base = (path.parent / suite.base).resolve()
     extra = list(overrides or [])

@@ -43,9 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.utils.data import Dataset
 
 from dmrnet.bench.speed import measure_evaluation
-from dmrnet.config import Config, _format_errors, load_config, read_yaml, resolve_config
+from dmrnet.checks import format_errors
+from dmrnet.config import Config, load_config, read_yaml, resolve_config
 from dmrnet.data.base import DataSpec, DataSplits
-from dmrnet.engine import LitMethod, make_loader
+from dmrnet.data.loaders import make_loader
+from dmrnet.engine import LitMethod
 from dmrnet.errors import ConfigError, DmrnetError
 from dmrnet.modalities import ModalitySet
 from dmrnet.runs import build_model
@@ -113,7 +115,7 @@ def load_throughput_suite(
     try:
         suite = ThroughputSuite.model_validate(read_yaml(path))
     except ValidationError as error:
-        raise ConfigError(_format_errors(error, str(path))) from None
+        raise ConfigError(format_errors(error, str(path))) from None
     unknown = [m for m in models or [] if m not in suite.models]
     if unknown:
         raise ConfigError(

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dmrnet.checks import format_errors
 from dmrnet.data import (
     audiovisual,
     avdigits,
@@ -66,22 +67,11 @@ def build_data(
     try:
         parsed = entry.options.model_validate(options)
     except ValidationError as error:
-        raise ConfigError(_describe(error, entry.options.model_fields)) from None
+        raise ConfigError(
+            format_errors(
+                error, "data", "data.options", noun="option", known=list(entry.options.model_fields)
+            )
+        ) from None
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: must be between 0 and 1, got {val_fraction}")
     return entry.build(parsed, DataStore(root), val_fraction, seed)
-
-
-def _describe(error: ValidationError, fields: dict[str, Any]) -> str:
-    problems = []
-    for item in error.errors():
-        key = ".".join(["data.options", *(str(part) for part in item["loc"])])
-        if item["type"] == "extra_forbidden":
-            known = ", ".join(fields) or "none"
-            problems.append(f"{key}: unknown option; options are {known}")
-        elif item["type"] == "missing":
-            problems.append(f"{key}: required option is missing")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {message} (got {item.get('input')!r})")
-    return "; ".join(problems)

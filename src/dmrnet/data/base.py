@@ -20,8 +20,16 @@ import torch
 from pydantic import BaseModel
 from torch.utils.data import Dataset
 
+from dmrnet.checks import (
+    check_features,
+    check_finite,
+    check_labels,
+    check_numeric,
+    check_present,
+    check_same_length,
+)
 from dmrnet.errors import DataError
-from dmrnet.modalities import ModalitySet, check_present
+from dmrnet.modalities import ModalitySet
 from dmrnet.registry import Registry
 
 Sample = dict[str, Any]
@@ -71,24 +79,11 @@ class ArrayMultiModalDataset(Dataset):
         missing = [m for m in modalities.names if m not in arrays]
         if missing:
             raise DataError(f"{source}: no array for modality {missing[0]!r}")
-        targets_t = torch.as_tensor(np.asarray(targets)).reshape(-1)
-        n = targets_t.shape[0]
-        for name in modalities.names:
-            if len(arrays[name]) != n:
-                raise DataError(
-                    f"{source}: modality {name!r} has {len(arrays[name])} samples but there are "
-                    f"{n} labels; every view must have one row per sample"
-                )
-        if targets_t.is_floating_point() and not torch.all(targets_t == targets_t.round()):
-            raise DataError(f"{source}: labels must be integers")
-        targets_t = targets_t.long()
-        bad = (targets_t < 0) | (targets_t >= num_classes)
-        if bool(bad.any()):
-            first = int(torch.nonzero(bad)[0])
-            raise DataError(
-                f"{source}: label {int(targets_t[first])} at sample {first} is outside "
-                f"0..{num_classes - 1}"
-            )
+        labels = np.asarray(targets).reshape(-1)
+        n = labels.shape[0]
+        check_same_length({name: len(arrays[name]) for name in modalities.names}, n, source)
+        check_labels(labels, num_classes, None, source)
+        targets_t = torch.as_tensor(labels).long()
         present_t = (
             torch.ones(n, len(modalities), dtype=torch.bool)
             if present is None
@@ -102,15 +97,10 @@ class ArrayMultiModalDataset(Dataset):
         check_present(present_t, source)
         self.inputs: dict[str, torch.Tensor] = {}
         for index, name in enumerate(modalities.names):
+            check_numeric(arrays[name], name, source)
             values = torch.as_tensor(np.asarray(arrays[name], dtype=np.float32))
-            rows = values[present_t[:, index]]
-            finite = torch.isfinite(rows.reshape(rows.shape[0], -1)).all(-1)
-            if not bool(finite.all()):
-                bad_row = int(torch.nonzero(present_t[:, index])[int(torch.nonzero(~finite)[0])])
-                raise DataError(
-                    f"{source}: modality {name!r} has NaN or inf values (first at sample "
-                    f"{bad_row}); fix the file or mark the sample's modality as missing"
-                )
+            check_features(values.shape, name, source)
+            check_finite(values, present_t[:, index], name, source)
             # Absent entries are zeroed so nothing non-finite can leak through a masked path.
             values[~present_t[:, index]] = 0.0
             self.inputs[name] = values

@@ -24,47 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from dmrnet.checks import check_labels, check_present
+from dmrnet.checks import chunks as _chunks
 from dmrnet.data.base import Sample
 from dmrnet.errors import DataError
-from dmrnet.modalities import ModalitySet, check_present
+from dmrnet.modalities import ModalitySet
 
 log = logging.getLogger("dmrnet")
-
-# Samples converted or checked at once (bounds the memory of large images).
-_CHUNK = 32
-
-
-def _chunks(count: int) -> Iterator[slice]:
-    for start in range(0, count, _CHUNK):
-        yield slice(start, min(start + _CHUNK, count))
-
-
-def check_labels(
-    labels: np.ndarray, num_classes: int, ignore_index: int | None, source: str
-) -> None:
-    """Label maps (N, H, W) must be integers in 0..K-1 or the ignore index; the error names the
-    first bad sample and value."""
-    if labels.dtype.kind not in "iuf":
-        raise DataError(f"{source}: labels must be integers, found dtype {labels.dtype}")
-    for rows in _chunks(len(labels)):
-        chunk = np.asarray(labels[rows])
-        if chunk.dtype.kind == "f" and not (
-            np.all(np.isfinite(chunk)) and np.all(chunk == np.round(chunk))
-        ):
-            raise DataError(f"{source}: labels must be integers, found non-integer values")
-        valid = (chunk >= 0) & (chunk < num_classes)
-        if ignore_index is not None:
-            valid |= chunk == ignore_index
-        if not bool(valid.all()):
-            sample = int(np.argwhere(~valid)[0][0])
-            value = chunk[sample][~valid[sample]].flat[0].item()
-            allowed = f"0..{num_classes - 1}" + (
-                "" if ignore_index is None else f" or the ignore index {ignore_index}"
-            )
-            raise DataError(
-                f"{source}: label value {value} in sample {rows.start + sample} is not a class "
-                f"({allowed})"
-            )
 
 
 def fill_holes(values: np.ndarray, hole_value: float, name: str, source: str) -> np.ndarray:
