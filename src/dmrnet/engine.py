@@ -223,9 +223,16 @@ class RunState(Checkpoint):
         self.check_gradients = check_gradients
         self.epochs_done = 0
         self.restored = False
+        self.start_states: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The states the first epoch starts from: Lightning draws the first epoch's order from
+        # the loader's generator before `on_train_start`, so they are taken here.
+        self.start_states = random_states(self.generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs_done": self.epochs_done, "random": random_states(self.generator)}
+        states = self.start_states if self.epochs_done == 0 else None
+        return {"epochs_done": self.epochs_done, "random": states or random_states(self.generator)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs_done = int(state_dict["epochs_done"])

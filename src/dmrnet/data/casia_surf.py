@@ -234,7 +234,8 @@ def dataset_folder(store: DataStore, directory: str, name: str) -> Path:
 
 
 def inside(folder: Path, text: str, source: str, what: str = "path") -> Path:
-    """`folder / text`, refusing absolute paths and `..` so that nothing escapes `folder`."""
+    """`folder / text`, refusing absolute paths, `..` and symlinks that lead out of `folder`
+    (the path is resolved before the check), so that nothing escapes `folder`."""
     posix, windows = PurePosixPath(text), PureWindowsPath(text)
     if posix.is_absolute() or windows.is_absolute() or windows.drive:
         raise DataError(
@@ -243,6 +244,10 @@ def inside(folder: Path, text: str, source: str, what: str = "path") -> Path:
     if ".." in posix.parts or ".." in windows.parts:
         raise DataError(
             f"{source}: {what} {text!r} leaves the data set folder {folder} ('..' is not allowed)"
+        )
+    if not (folder / posix).resolve().is_relative_to(folder.resolve()):
+        raise DataError(
+            f"{source}: {what} {text!r} leads out of the data set folder {folder} (a symlink)"
         )
     return folder / posix
 

@@ -19,6 +19,7 @@ import scipy.io
 import scipy.sparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dmrnet.checks import check_unique
 from dmrnet.data.base import (
     ArrayMultiModalDataset,
     DataSpec,
@@ -302,11 +303,16 @@ def _read_csv(path: Path, options: MultiviewOptions) -> dict[str, _Part]:
             f"{path}: cell_key and present_key apply to .mat/.npz files; in a CSV leave a missing "
             "view's cells empty and set data.options.nan_means_missing: true"
         )
-    with open(path, newline="") as handle:
-        lines = [(number, row) for number, row in enumerate(csv.reader(handle), start=1) if row]
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = enumerate(csv.reader(handle), start=1)
+            lines = [(number, row) for number, row in rows if row]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a text CSV file ({error})") from None
     if not lines:
         raise DataError(f"{path}: the CSV file is empty; it needs a header row")
     header = [name.strip() for name in lines[0][1]]
+    check_unique(header, "column", str(path))
     label_column = options.label_key or CSV_LABEL_COLUMN
     if label_column not in header:
         raise DataError(f"{path}: no label column {label_column!r} in the header {header}")
