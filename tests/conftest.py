@@ -71,3 +71,16 @@ def make_config(synthetic_file: Path):
 def handwritten_available() -> None:
     if not (HANDWRITTEN / "handwritten_6views.mat").is_file():
         pytest.skip("set DMRNET_DATA to the data mirror (CI uses ../shared/data)")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """(run directory, config dict) of one tiny dmrnet run trained once per session. Tests must
+    not change it: copy it first (shutil.copytree) to damage or extend it."""
+    from dmrnet.config import parse_config
+    from dmrnet.runs import train
+
+    base = tmp_path_factory.mktemp("trained")
+    config = tiny_config(write_synthetic_views(base / "views.npz"), "dmrnet")
+    train(parse_config(config), base / "run")
+    return base / "run", config

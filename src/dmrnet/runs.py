@@ -735,7 +735,7 @@ def evaluate_run(
     checkpoints = loaded.checkpoint.parent
     run_dir = checkpoints.parent if checkpoints.name == "checkpoints" else None
     if run_dir is not None and (run_dir / "config.yaml").is_file():
-        _check_method(load_run_config(run_dir), loaded.config, loaded.checkpoint)
+        _check_method(loaded.config, load_run_config(run_dir), loaded.checkpoint)
     parsed = parse_combinations(loaded.method, combinations, "--combinations")
     data = build_data_for(loaded.config, data_root)
     report = evaluate_model(loaded.method, loaded.config, data, split, parsed)
