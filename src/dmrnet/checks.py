@@ -138,6 +138,8 @@ def check_present(present: torch.Tensor, where: str) -> None:
 def check_finite(values: torch.Tensor, present: torch.Tensor, name: str, source: str) -> None:
     """No NaN or inf in the present samples of a modality (absent ones may hold anything)."""
     rows = values[present]
+    if rows.numel() == 0:
+        return  # no present sample (the data set says whether that is allowed)
     finite = torch.isfinite(rows.reshape(rows.shape[0], -1)).all(-1)
     if not bool(finite.all()):
         bad_row = int(torch.nonzero(present)[int(torch.nonzero(~finite)[0])])
@@ -175,3 +177,13 @@ def check_splits(
                 f"{source}: class {unseen[0]} appears in the {split} split but never in "
                 "training; every class needs training samples"
             )
+
+
+def describe_yaml_error(error: Exception) -> str:
+    """A YAML parse error in one line: what went wrong and where (PyYAML's own text spans
+    several lines with a caret drawing)."""
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(error, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from dmrnet.checks import format_errors
+from dmrnet.checks import describe_yaml_error, format_errors
 from dmrnet.errors import ConfigError
 
 
@@ -188,7 +188,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML: {error}") from None
+            raise ConfigError(
+                f"--set {override!r}: value is not valid YAML: {describe_yaml_error(error)}"
+            ) from None
         node = raw
         parts = key.strip().split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -210,7 +212,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {describe_yaml_error(error)}") from None
     return raw if raw is not None else {}
 
 

@@ -731,21 +731,23 @@ def evaluate_run(
     RUN/evaluations/<split>-<checkpoint>[-<combinations>]/ (beside the checkpoint's folder for
     a checkpoint outside a run). A checkpoint inside a run must match the run's config.yaml.
     """
-    loaded = load_checkpoint(path)
-    checkpoints = loaded.checkpoint.parent
+    checkpoint = resolve_checkpoint(path)
+    checkpoints = checkpoint.parent
     run_dir = checkpoints.parent if checkpoints.name == "checkpoints" else None
     if run_dir is not None and (run_dir / "config.yaml").is_file():
-        _check_method(loaded.config, load_run_config(run_dir), loaded.checkpoint)
+        # Before the weights are built: a foreign checkpoint's weights may not even fit.
+        stored = _stored_config(read_checkpoint(checkpoint), checkpoint)
+        _check_method(stored, load_run_config(run_dir), checkpoint)
+    loaded = load_checkpoint(checkpoint)
     parsed = parse_combinations(loaded.method, combinations, "--combinations")
+    if out_dir is None:
+        name = _evaluation_name(split, loaded.checkpoint, combinations)
+        out_dir = (run_dir or checkpoints) / "evaluations" / name
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DmrnetError(f"--out {out_dir}: is a file; cannot write the reports into it")
     data = build_data_for(loaded.config, data_root)
     report = evaluate_model(loaded.method, loaded.config, data, split, parsed)
-    if out_dir is None:
-        out_dir = (
-            (run_dir or checkpoints)
-            / "evaluations"
-            / _evaluation_name(split, loaded.checkpoint, combinations)
-        )
-    out_dir = Path(out_dir)
     report.write(out_dir)
     write_pictures(loaded.method, getattr(data, split), report, out_dir)
     return report, out_dir

@@ -10,6 +10,7 @@ with the file, the view (or key) and what was expected.
 from __future__ import annotations
 
 import csv
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(
             f"cannot read {path}: {exc}; save plain numeric (or string label) arrays, no objects"
         ) from exc
-    except OSError as exc:
+    except (OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} as a .npz file: {exc}") from exc
 
 
@@ -352,7 +353,7 @@ def _read_csv(path: Path, options: MultiviewOptions) -> dict[str, _Part]:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{path}: line {line_numbers[first]}: split value {split[first]!r} is not train or test"
+            f"{path}: line {line_numbers[first]}: split value {str(split[first])!r} is not train or test"
         )
     parts = {}
     for part in PARTS:

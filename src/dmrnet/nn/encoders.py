@@ -67,7 +67,7 @@ def build_encoder(
     builder = ENCODERS.get(name)
     try:
         return builder(tuple(input_shape), out_features, **options)
-    except TypeError as error:
-        raise ConfigError(
-            f"model.encoder: bad options {sorted(options)} for {name!r}: {error}"
-        ) from None
+    except (TypeError, ValueError, RuntimeError) as error:
+        # Unknown options (TypeError) and values torch refuses (a negative width, dropout > 1).
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"model.encoder: bad options {options} for {name!r}: {first}") from None
