@@ -353,7 +353,8 @@ def _read_csv(path: Path, options: MultiviewOptions) -> dict[str, _Part]:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{path}: line {line_numbers[first]}: split value {str(split[first])!r} is not train or test"
+            f"{path}: line {line_numbers[first]}: split value {str(split[first])!r} is not train "
+            "or test"
         )
     parts = {}
     for part in PARTS:

@@ -1,0 +1,90 @@
+"""The kill test: a real `dmrnet train` process killed in the middle of an epoch (SIGKILL: no
+chance to clean up; SIGTERM: the graceful path), then `--resume`d, ends with results.json and
+final weights bit-identical to an uninterrupted run of the same config."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config, write_synthetic_views
+from dmrnet.cli import main
+from dmrnet.config import parse_config
+from dmrnet.engine import epochs_done
+from dmrnet.runs import train
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(config file, uninterrupted run): 3 epochs of 12 small steps each."""
+    base = tmp_path_factory.mktemp("kill")
+    raw = tiny_config(write_synthetic_views(base / "views.npz", samples=160), "dmrnet")
+    raw["train"].update(epochs=3, batch_size=8)
+    config = base / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    train(parse_config(raw), base / "reference")
+    return config, base / "reference"
+
+
+def _sidecar(run_dir):
+    path = run_dir / "checkpoints" / "last.ckpt.sha256"
+    return path.read_text() if path.is_file() else None
+
+
+def kill_mid_epoch(config, run_dir, signum):
+    """Start training, wait for the first epoch's end, then send `signum` about 40% into the
+    second epoch (timed from the first). Returns the exit code and standard error."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dmrnet.cli", "train", str(config), "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen, times = None, []
+    deadline = time.monotonic() + 240
+    while len(times) < 2 and process.poll() is None and time.monotonic() < deadline:
+        current = _sidecar(run_dir)  # last.ckpt: before epoch 0, then after each epoch
+        if current is not None and current != seen:
+            seen = current
+            times.append(time.monotonic())
+        time.sleep(0.02)
+    assert len(times) == 2, "the run did not reach its second epoch"
+    time.sleep(0.4 * (times[1] - times[0]))
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def assert_identical(reference, run_dir):
+    assert json.loads((run_dir / "results.json").read_text()) == json.loads(
+        (reference / "results.json").read_text()
+    )
+    for name in ("last.ckpt", "best.ckpt"):
+        ours = torch.load(run_dir / "checkpoints" / name, weights_only=True)["state_dict"]
+        theirs = torch.load(reference / "checkpoints" / name, weights_only=True)["state_dict"]
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_run_resumes_bit_identical(reference, tmp_path, signum):
+    config, reference_run = reference
+    run_dir = tmp_path / "run"
+    code, stderr = kill_mid_epoch(config, run_dir, signum)
+    assert code == (-9 if signum == signal.SIGKILL else 143), stderr
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    # Killed inside the second or third epoch (load on the machine decides which).
+    assert 1 <= epochs_done(last) < 3 and not (run_dir / "results.json").exists()
+    if signum == signal.SIGTERM:
+        assert f"resume with: dmrnet train --resume {run_dir}\n" in stderr
+        assert not (run_dir / ".lock").exists()
+    else:
+        assert (run_dir / ".lock").exists()  # left by the dead process: stale, taken over
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert_identical(reference_run, run_dir)
+    assert not list(run_dir.rglob("*.tmp"))
