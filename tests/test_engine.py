@@ -1,5 +1,7 @@
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,3 +143,15 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="weights_only"):
         load_checkpoint(evil)
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_loading_and_evaluating_a_run_never_imports_lightning(trained_run, tmp_path):
+    # The DataLoader lives in dmrnet.data.loaders: evaluate and predict stay light to start.
+    code = (
+        "import sys; from dmrnet.runs import evaluate_run; "
+        f"evaluate_run({str(trained_run[0])!r}, out_dir={str(tmp_path / 'out')!r}); "
+        "assert 'lightning' not in sys.modules, 'lightning was imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "results.json").is_file()

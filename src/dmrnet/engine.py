@@ -35,10 +35,10 @@ from dmrnet.evaluate import CombinationEvaluator
 from dmrnet.files import CHECKSUM_SUFFIX, write_with_checksum
 from dmrnet.methods import LossOutput, Method
 from dmrnet.metrics import summarize
+from dmrnet.runs import CHECKPOINT_FORMAT
 
 log = logging.getLogger("dmrnet")
 
-CHECKPOINT_FORMAT = 1
 MONITOR = "val/mean"
 LAST = "last.ckpt"
 

@@ -59,6 +59,9 @@ from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
 
+# The layout of the `dmrnet` section the engine writes into every checkpoint. Declared here, where
+# checkpoints are read, so loading a run for evaluation or prediction never imports Lightning.
+CHECKPOINT_FORMAT = 1
 STAGE_DONE = "STAGE_DONE"  # marks a finished earlier stage of a multi-stage method
 HISTORY = "metrics.before-resume.csv"  # metrics rows kept aside while a resumed fit runs
 
@@ -645,8 +648,6 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _stored_config(checkpoint: dict[str, Any], path: Path) -> Config:
-    from dmrnet.engine import CHECKPOINT_FORMAT
-
     meta = checkpoint.get("dmrnet")
     if not isinstance(meta, dict) or "config" not in meta or "spec" not in meta:
         raise CheckpointError(f"{path}: not a dmrnet checkpoint (no 'dmrnet' section)")
