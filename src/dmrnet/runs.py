@@ -136,7 +136,6 @@ class RunPlan:
     method: Method
     stages: list[TrainingStage]
     directories: list[Path]
-    combinations: list[Combination] | None
     train_loader: Any
     val_loader: Any
     # Finished epochs per stage, read from each stage's last.ckpt (0 where there is none).
@@ -177,7 +176,8 @@ def plan(
     data = build_data_for(config, data_root)
     check_data(data)
     method = build_model(config, data.spec)
-    combinations = parse_combinations(method, config.eval.combinations, "eval.combinations")
+    # Parsed now so that a typo fails before training, not after it (evaluate_model uses them).
+    parse_combinations(method, config.eval.combinations, "eval.combinations")
     stages = training_stages(method, config)
     directories = stage_directories(run_dir, stages)
     check_trainer(config)
@@ -194,7 +194,6 @@ def plan(
         method,
         stages,
         directories,
-        combinations,
         train_loader,
         val_loader,
     )
