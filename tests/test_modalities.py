@@ -1,12 +1,12 @@
 import pytest
 import torch
 
+from dmrnet.checks import check_present
 from dmrnet.errors import DataError, UnknownNameError
 from dmrnet.modalities import (
     CombinationSampler,
     ModalitySet,
     availability_weights,
-    check_present,
 )
 
 VIEWS = ModalitySet(("rgb", "depth", "ir"))
