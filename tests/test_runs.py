@@ -102,7 +102,7 @@ def test_resume_refuses_keys_that_would_change_the_trained_epochs(trained_run, c
     assert "--set model.kl_weight: cannot change when resuming" in err and "train.epochs" in err
 
 
-def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, make_config):
+def test_a_second_writer_is_refused_before_it_writes(tmp_path, make_config):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     lock = RunLock(run_dir).acquire()
@@ -110,19 +110,28 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, mak
         train(parse_config(make_config("moddrop")), run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]
     lock.release()
-    # A lock of a process that no longer runs (pid 2**22 + 1 is beyond Linux's pid range).
-    (run_dir / LOCK_NAME).write_text(
-        json.dumps({"pid": 2**22 + 1, "host": socket.gethostname(), "started": 0})
-    )
-    train(parse_config(make_config("moddrop")), run_dir)
-    assert "took over the stale lock" in _log_text(run_dir)
     assert not (run_dir / LOCK_NAME).exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_at_a_batch_boundary_and_prints_the_resume_command(
-    trained_run, tmp_path, monkeypatch, capsys, signum
+def test_a_stale_lock_is_reported_and_taken_over(tmp_path):
+    # A lock of a process that no longer runs (pid 2**22 + 1 is beyond Linux's pid range).
+    stale = {"pid": 2**22 + 1, "host": socket.gethostname(), "started": 0}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
+    lock = RunLock(tmp_path).acquire()
+    assert "took over the stale lock" in lock.describe_stale()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    # Another host's lock cannot be checked from here: it is never taken over.
+    lock.release()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({**stale, "host": "elsewhere"}))
+    with pytest.raises(DmrnetError, match="on elsewhere"):
+        RunLock(tmp_path).acquire()
+
+
+def test_sigint_stops_at_a_batch_boundary_and_prints_the_resume_command(
+    trained_run, tmp_path, monkeypatch, capsys
 ):
+    # SIGTERM (and SIGKILL) of a real process: tests/test_kill_resume.py.
+    signum = signal.SIGINT
     reference, raw = trained_run
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -200,18 +209,6 @@ def test_evaluate_writes_beside_the_run_results_never_over_them(trained_run, tmp
     _, last = evaluate_run(run_dir / "checkpoints" / "last.ckpt", split="val")
     assert last == run_dir / "evaluations" / "val-last"
     assert (run_dir / "results.json").read_bytes() == results
-
-
-def test_evaluate_refuses_a_checkpoint_of_another_method_in_the_run(
-    trained_run, tmp_path, make_config
-):
-    other = tmp_path / "other"
-    train(parse_config(make_config("moddrop")), other)
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained_run[0], run_dir)
-    shutil.copy(other / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "foreign.ckpt")
-    with pytest.raises(CheckpointError, match=r"foreign.ckpt: a 'moddrop' checkpoint"):
-        evaluate_run(run_dir / "checkpoints" / "foreign.ckpt")
 
 
 def test_an_atomic_write_that_fails_keeps_the_old_file_and_no_temporary(tmp_path):
