@@ -84,3 +84,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     config = tiny_config(write_synthetic_views(base / "views.npz"), "dmrnet")
     train(parse_config(config), base / "run")
     return base / "run", config
+
+
+@pytest.fixture(scope="session")
+def tiny_files() -> tuple[Any, Any]:
+    """(write_synthetic_views, tiny_config) for tests that build their own data files and
+    configs (a module's `from conftest import` would be ambiguous beside tests/data/conftest.py)."""
+    return write_synthetic_views, tiny_config

@@ -21,7 +21,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config, write_synthetic_views
 from dmrnet.cli import main
 
 
@@ -29,6 +28,7 @@ from dmrnet.cli import main
 class Context:
     folder: Path  # the case's folder: everything in it must be unchanged by the failure
     trained: Path  # the session's trained run (read-only: `run()` copies it)
+    files: tuple[Callable, Callable]  # conftest's (write_synthetic_views, tiny_config)
 
     @property
     def out(self) -> Path:
@@ -39,11 +39,11 @@ class Context:
         if arrays:
             np.savez(path, **arrays)
         else:
-            write_synthetic_views(path)
+            self.files[0](path)
         return path
 
     def config(self, data: Path | None = None, name: str = "tiny.yaml", **top: object) -> Path:
-        raw = tiny_config(data or self.views(), "dmrnet")
+        raw = self.files[1](data or self.views(), "dmrnet")
         raw.update(top)
         path = self.folder / name
         path.write_text(yaml.safe_dump(raw))
@@ -495,8 +495,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_fails_with_one_line_and_leaves_nothing(name, trained_run, tmp_path, capsys):
-    context = Context(tmp_path, trained_run[0])
+def test_bad_input_fails_with_one_line_and_leaves_nothing(
+    name, trained_run, tiny_files, tmp_path, capsys
+):
+    context = Context(tmp_path, trained_run[0], tiny_files)
     argv, needle = CASES[name](context)
     capsys.readouterr()
     before = _snapshot(tmp_path)

@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config, write_synthetic_views
 from dmrnet.cli import main
 from dmrnet.config import parse_config
 from dmrnet.engine import epochs_done
@@ -20,8 +19,9 @@ from dmrnet.runs import train
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, tiny_files):
     """(config file, uninterrupted run): 3 epochs of 12 small steps each."""
+    write_synthetic_views, tiny_config = tiny_files
     base = tmp_path_factory.mktemp("kill")
     raw = tiny_config(write_synthetic_views(base / "views.npz", samples=160), "dmrnet")
     raw["train"].update(epochs=3, batch_size=8)
