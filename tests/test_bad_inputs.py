@@ -516,3 +516,16 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(
 
 def test_the_matrix_covers_at_least_80_cases():
     assert len(CASES) >= 80
+
+
+def test_a_symlink_out_of_a_face_data_folder_is_refused(tmp_path):
+    from dmrnet.data.casia_surf import inside
+    from dmrnet.errors import DataError
+
+    folder, outside = tmp_path / "casia", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    (folder / "faces").symlink_to(outside)  # textually inside, really outside
+    with pytest.raises(DataError, match=r"'faces/1.png' leads out of the data set folder"):
+        inside(folder, "faces/1.png", "train_list.txt")
+    assert inside(folder, "real/1.png", "train_list.txt") == folder / "real" / "1.png"
