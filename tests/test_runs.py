@@ -220,3 +220,18 @@ def test_an_atomic_write_that_fails_keeps_the_old_file_and_no_temporary(tmp_path
         handle.write("half")
         raise Stop
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_kill_between_a_checkpoint_and_its_record_still_verifies(tmp_path):
+    from dmrnet.files import sha256_of, verify_checksum, write_with_checksum
+
+    path = tmp_path / "last.ckpt"
+    write_with_checksum(path, b"epoch 1")
+    record = tmp_path / "last.ckpt.sha256"
+    # The first phase of the next write: the record lists both digests, the file is still old.
+    record.write_text(f"{sha256_of(b'epoch 2')}  last.ckpt\n" + record.read_text())
+    verify_checksum(path, path.read_bytes())
+    write_with_checksum(path, b"epoch 2")
+    assert record.read_text() == f"{sha256_of(b'epoch 2')}  last.ckpt\n"
+    with pytest.raises(CheckpointError, match="does not match"):
+        verify_checksum(path, b"epoch 1")

@@ -91,10 +91,19 @@ def sha256_of(data: bytes) -> str:
 
 def write_with_checksum(path: str | Path, data: bytes) -> None:
     """Write `data` atomically and record its sha256 beside it (`PATH.sha256`, the format of
-    `sha256sum`, so `sha256sum -c best.ckpt.sha256` checks it by hand too)."""
+    `sha256sum`, so `sha256sum -c best.ckpt.sha256` checks it by hand too).
+
+    In two phases, so that a kill at any moment leaves a file that matches its record: the
+    record first lists the new digest beside the old one, then the file is replaced, then the
+    record keeps the new digest alone.
+    """
     path = Path(path)
+    record = path.with_name(path.name + CHECKSUM_SUFFIX)
+    new = f"{sha256_of(data)}  {path.name}\n"
+    if record.is_file():
+        write_text(record, new + record.read_text())
     write_bytes(path, data)
-    write_text(path.with_name(path.name + CHECKSUM_SUFFIX), f"{sha256_of(data)}  {path.name}\n")
+    write_text(record, new)
 
 
 def verify_checksum(path: Path, data: bytes) -> None:
@@ -102,9 +111,10 @@ def verify_checksum(path: Path, data: bytes) -> None:
     record = path.with_name(path.name + CHECKSUM_SUFFIX)
     if not record.is_file():
         return
-    expected = record.read_text().split()[0] if record.read_text().split() else ""
+    recorded = [line.split()[0] for line in record.read_text().splitlines() if line.split()]
     actual = sha256_of(data)
-    if expected != actual:
+    if actual not in recorded:
+        expected = recorded[0] if recorded else "nothing"
         raise CheckpointError(
             f"{path}: sha256 {actual[:16]}... does not match the one recorded when it was written "
             f"({expected[:16]}... in {record.name}); the file was changed or damaged"
