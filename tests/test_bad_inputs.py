@@ -437,7 +437,7 @@ def _edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
 
 
 def _nan_weight(checkpoint: dict) -> None:
-    name = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point())
+    name = next(k for k in checkpoint["state_dict"] if k.endswith(".weight"))
     checkpoint["state_dict"][name].view(-1)[0] = float("nan")
 
 

@@ -666,10 +666,12 @@ def load_checkpoint(path: str | Path) -> LoadedRun:
     config = _stored_config(checkpoint, path)
     spec = spec_from_dict(checkpoint["dmrnet"]["spec"])
     state = _method_state(checkpoint)
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path}: weight {name!r} holds NaN or infinite values")
     method = build_model(config, spec)
+    # Learned weights only: some buffers (HCR statistics not yet seen) are NaN by design.
+    for name, _ in method.named_parameters():
+        tensor = state.get(name)
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name!r} holds NaN or infinite values")
     try:
         method.load_state_dict(state)
     except RuntimeError as error:
