@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dmrnet.methods import METHODS
+
 HANDWRITTEN = Path(os.environ.get("DMRNET_DATA", "/nonexistent")) / "handwritten"
 
 
@@ -46,6 +48,9 @@ def tiny_config(path: Path, method: str = "dmrnet", **model: Any) -> dict[str, A
     }
     if method == "dmrnet":
         model_section["hcr"] = {"rule": "unimodal-max", "warmup_epochs": 1}
+    # Sizes only for the fields the method's schema has (late-fusion has no embedding).
+    fields = METHODS.get(method).config_class.model_fields if method in METHODS else {}
+    model_section = {k: v for k, v in model_section.items() if k in fields or k == "method"}
     model_section.update(model)
     return {
         "name": f"tiny-{method}",

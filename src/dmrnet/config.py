@@ -1,13 +1,14 @@
 """Typed run configuration: YAML files, dotted overrides, errors that name the key.
 
 A run is described by one `Config`: `data` (which dataset and its options), `model` (the method
-and its network; each method extends `ModelConfig` with its own fields), `train` (optimizer,
+and its network; each method family extends `ModelConfig` with its own fields), `train` (optimizer,
 schedule, devices) and `eval`. Unknown keys and bad values are rejected with the dotted key.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,15 +59,10 @@ class HCRConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """Fields shared by every method; methods subclass it with their own."""
+    """Fields every method has; each method family extends it with the fields it uses (its
+    network's, and its head's section from dmrnet.nn.heads), and nothing else."""
 
     method: str
-    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    encoders: dict[str, EncoderConfig] = Field(
-        default_factory=dict, description="per-modality encoder overrides"
-    )
-    feature_dim: int = Field(128, ge=1, description="each encoder's output size")
-    embed_dim: int = Field(128, ge=1, description="fused embedding size")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     hcr: HCRConfig = Field(default_factory=HCRConfig)
 
@@ -151,12 +147,17 @@ class Config(Strict):
         return self.model_dump(mode="json")
 
 
+# The package whose import registers every method (and with it each method's schema). It is
+# named, not imported: dmrnet.methods builds on this module, so importing it here would make the
+# two depend on each other.
+METHODS_PACKAGE = "dmrnet.methods"
+
+
 @functools.cache
 def _config_class(method: str) -> type[Config]:
     """`Config` whose `model` field has the method's own schema."""
-    from dmrnet.methods import METHODS
-
-    model_class = METHODS.get(method).config_class
+    methods = importlib.import_module(METHODS_PACKAGE)
+    model_class = methods.METHODS.get(method).config_class
     return create_model(f"Config[{method}]", __base__=Config, model=(model_class, ...))
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 
-from dmrnet.audio import fix_length, log_spectrogram
 from dmrnet.cli import main
 from dmrnet.data import DATASETS, DataStore, avdigits, build_data
 from dmrnet.data.avdigits import AVDigitsOptions, build, fsdd_manifest, parse_recording_name
 from dmrnet.data.mnist import MNIST_TEST_FILES, load_mnist_test
 from dmrnet.errors import ConfigError, DataError
+from dmrnet.spectrograms import fix_length, log_spectrogram
 
 
 @pytest.fixture(scope="module")

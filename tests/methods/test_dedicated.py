@@ -35,7 +35,7 @@ def test_loss_is_finite_and_trains_every_model(make_config):
     model, data = build(make_config, "dedicated")
     check_loss_is_finite_and_reaches_the_parameters(model, data)
     for name, sub in zip(names(model), model.models, strict=True):
-        assert sub.classifier.weight.grad.abs().sum() > 0, name
+        assert sub.head.readout.weight.grad.abs().sum() > 0, name
 
 
 def test_decode_many_equals_decoding_each_combination(make_config):

@@ -79,7 +79,7 @@ def test_dmrnet_loss_has_task_and_kl_terms_and_is_finite(make_config):
     assert torch.isfinite(loss.total)
     assert loss.total.item() == pytest.approx(sum(t.item() for t in loss.terms.values()), rel=1e-6)
     loss.total.backward()
-    assert model.embedding.logvar_proj.weight.grad.abs().sum() > 0  # KL reaches the variance
+    assert model.head.logvar_proj.weight.grad.abs().sum() > 0  # KL reaches the variance
 
 
 def test_dmrnet_samples_in_training_and_uses_the_mean_in_evaluation(make_config):

@@ -143,6 +143,6 @@ def test_train_runs_both_stages_and_resumes_the_interrupted_one(make_config, tmp
     loaded = load_checkpoint(run_dir)
     assert not loaded.method.in_teacher_stage  # the deployed model is the student
     # The frozen teacher in the final checkpoint is the teacher stage's best one.
-    key = "method.teacher.classifier.weight"
+    key = "method.teacher.head.readout.weight"
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert torch.equal(final["state_dict"][key], teacher_weights["state_dict"][key])

@@ -61,7 +61,7 @@ def test_a_missing_feature_is_the_mean_shared_feature_of_the_present_ones(make_c
     generated = (features.shared[:, 0] + features.shared[:, 2]) / 2
     slots = torch.stack([composed[:, 0], generated, composed[:, 2]], dim=1)
     everything = torch.ones(8, 3, dtype=torch.bool)
-    expected = model.head(model.fusion(slots, everything))
+    expected = model.classify(model.fusion(slots, everything))
     assert torch.allclose(model.decode(features, mask).logits, expected, atol=1e-5)
 
 

@@ -28,11 +28,11 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
-from dmrnet.audio import AudioOptions, check_wav, load_spectrogram
 from dmrnet.data.base import Sample
 from dmrnet.data.store import DataStore
 from dmrnet.errors import DataError
 from dmrnet.modalities import ModalitySet
+from dmrnet.spectrograms import AudioOptions, check_wav, load_spectrogram
 
 log = logging.getLogger("dmrnet")
 

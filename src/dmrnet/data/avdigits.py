@@ -47,7 +47,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
-from dmrnet.audio import (
+from dmrnet.data.base import DataSpec, DataSplits, Sample, register_dataset, stratified_split
+from dmrnet.data.mnist import MNIST_TEST_FILES, load_mnist_test
+from dmrnet.data.store import DataStore, RemoteFile
+from dmrnet.errors import DataError
+from dmrnet.modalities import ModalitySet
+from dmrnet.spectrograms import (
     AudioOptions,
     ShortClip,
     fix_length,
@@ -55,11 +60,6 @@ from dmrnet.audio import (
     random_offset,
     read_wav,
 )
-from dmrnet.data.base import DataSpec, DataSplits, Sample, register_dataset, stratified_split
-from dmrnet.data.mnist import MNIST_TEST_FILES, load_mnist_test
-from dmrnet.data.store import DataStore, RemoteFile
-from dmrnet.errors import DataError
-from dmrnet.modalities import ModalitySet
 
 log = logging.getLogger("dmrnet")
 

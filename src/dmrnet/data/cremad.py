@@ -23,7 +23,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dmrnet.audio import AudioOptions
 from dmrnet.data.audiovisual import (
     MODALITIES,
     AudioVisualClips,
@@ -38,6 +37,7 @@ from dmrnet.data.audiovisual import (
 from dmrnet.data.base import DataSpec, DataSplits, register_dataset, stratified_split
 from dmrnet.data.store import DataStore
 from dmrnet.errors import DataError
+from dmrnet.spectrograms import AudioOptions
 
 EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # the paper's class_dict order
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dmrnet.audio import AudioOptions
 from dmrnet.data.audiovisual import (
     MODALITIES,
     AudioVisualClips,
@@ -41,6 +40,7 @@ from dmrnet.data.audiovisual import (
 from dmrnet.data.base import DataSpec, DataSplits, register_dataset, stratified_split
 from dmrnet.data.store import DataStore
 from dmrnet.errors import DataError
+from dmrnet.spectrograms import AudioOptions
 
 # Where each split lives under the dataset folder: (audio folder, frame folder).
 SPLIT_FOLDERS = {

@@ -2,18 +2,19 @@
 
 from dmrnet.methods import (  # noqa: F401  (registration)
     dedicated,
+    dense,
     dmrnet,
     hemis,
     late_fusion,
     mmanet,
     moddrop,
-    segmentation,
     shaspec,
     surf,
 )
 from dmrnet.methods.base import (
     METHODS,
     EncoderFusionMethod,
+    EncoderHeadMethod,
     LossOutput,
     Method,
     MethodOutput,
@@ -23,6 +24,7 @@ from dmrnet.methods.base import (
 __all__ = [
     "METHODS",
     "EncoderFusionMethod",
+    "EncoderHeadMethod",
     "LossOutput",
     "Method",
     "MethodOutput",

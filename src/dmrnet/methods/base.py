@@ -8,25 +8,49 @@
 The engine, the evaluation and the CLI only use this interface; they never ask which method it is.
 A method also owns its training-time modality sampler and its hard-combination regularizer, so a
 baseline can use HCR too (the `moddrop-hcr` rung of the ablation ladder).
+
+A method family (vector: `EncoderHeadMethod` here; dense: methods/dense.py; SURF: methods/surf.py)
+is a backbone that ends in a head from dmrnet.nn.heads; its registered methods (DMRNet, ModDrop)
+only choose the head (`head_class`) and its config section. The head's loss terms, its variance
+and its one-pass decode of all combinations therefore come from one place for every backbone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from dmrnet.config import ModelConfig
+from dmrnet.config import EncoderConfig, ModelConfig
 from dmrnet.data.base import DataSpec
 from dmrnet.errors import ConfigError, DmrnetError
 from dmrnet.methods.hcr import HardCombinationRegularizer
 from dmrnet.modalities import CombinationSampler, ModalitySet
-from dmrnet.nn import Standardize, build_encoder
+from dmrnet.nn import MaskedLinearFusion, Standardize, build_encoder
+from dmrnet.nn.heads import Head, HeadOutput
 from dmrnet.registry import Registry
 from dmrnet.tasks import Task
+
+
+class EncodersConfig(ModelConfig):
+    """Per-modality encoders that each give a feature vector (the vector methods)."""
+
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    encoders: dict[str, EncoderConfig] = Field(
+        default_factory=dict, description="per-modality encoder overrides"
+    )
+    feature_dim: int = Field(128, ge=1, description="each encoder's output size")
+
+
+class EncoderFusionConfig(EncodersConfig):
+    """Per-modality encoders whose features are fused into one embedding."""
+
+    embed_dim: int = Field(128, ge=1, description="fused embedding size")
 
 
 @dataclass
@@ -36,6 +60,10 @@ class MethodOutput:
     # uncertainty score that `predict` returns and the HCR's variance rules rank by.
     variance: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of_head(cls, output: HeadOutput) -> MethodOutput:
+        return cls(logits=output.logits, variance=output.variance, extras=output.extras)
 
 
 @dataclass
@@ -53,6 +81,17 @@ class Method(nn.Module):
     # The tasks (names in dmrnet.tasks.TASKS) whose outputs this method predicts: vectors of
     # class logits by default; dense methods predict label maps.
     tasks: ClassVar[tuple[str, ...]] = ("classification", "pad")
+    # The head a family's registered method ends in (dmrnet.nn.heads); its config section is
+    # part of `config_class`. It decides `provides_variance` and adds its loss terms.
+    head_class: ClassVar[type[Head] | None] = None
+    # (pattern, replacement) regexes that rename state_dict keys written before a module was
+    # renamed, so checkpoints of earlier versions still load (applied at `load_state_dict`).
+    legacy_state_keys: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.head_class is not None:
+            cls.provides_variance = cls.head_class.provides_variance
 
     def __init__(self, config: ModelConfig, spec: DataSpec, task: Task) -> None:
         super().__init__()
@@ -87,6 +126,18 @@ class Method(nn.Module):
                 for i, text in enumerate(config.hcr.combinations)
             ],
         )
+        self._register_load_state_dict_pre_hook(self._rename_legacy_keys)
+
+    def _rename_legacy_keys(self, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        if not self.legacy_state_keys:
+            return
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            local = key[len(prefix) :]
+            for pattern, replacement in self.legacy_state_keys:
+                renamed = re.sub(pattern, replacement, local, count=1)
+                if renamed != local:
+                    state_dict[prefix + renamed] = state_dict.pop(key)
+                    break
 
     # -- helpers for subclasses -------------------------------------------------------------
     def parse_combination(self, text: str, key: str) -> tuple[int, ...]:
@@ -95,21 +146,24 @@ class Method(nn.Module):
         except DmrnetError as error:
             raise ConfigError(f"{key}: {error}") from None
 
-    def build_encoders(self, out_features: int) -> nn.ModuleDict:
-        """One encoder per modality from `model.encoder`, overridden by `model.encoders[name]`."""
-        unknown = sorted(set(self.config.encoders) - set(self.modalities.names))
-        if unknown:
+    def reject_hcr(self, reason: str) -> None:
+        """For methods where a hard-combination regularizer cannot apply (`reason` says why)."""
+        if self.config.hcr.rule != "none":
             raise ConfigError(
-                f"model.encoders.{unknown[0]}: not a modality of this dataset "
-                f"({'+'.join(self.modalities.names)})"
+                f"model.hcr.rule: {self.config.method} {reason}, so a hard-combination "
+                "regularizer does not apply; use rule 'none'"
             )
-        encoders = {}
-        for name in self.modalities.names:
-            choice = self.config.encoders.get(name, self.config.encoder)
-            encoders[name] = build_encoder(
-                choice.name, self.spec.input_shapes[name], out_features, choice.options
-            )
-        return nn.ModuleDict(encoders)
+
+    def build_head(
+        self,
+        projection: Callable[[], nn.Module] | None,
+        dim: int,
+        readout: Callable[[], nn.Module] | None = None,
+        **options: Any,
+    ) -> Head:
+        """The method's `head_class`, configured by the head's section of the method's config."""
+        assert self.head_class is not None, f"{type(self).__name__} declares no head_class"
+        return self.head_class(self.config, projection, dim, readout, **options)
 
     # -- the interface ----------------------------------------------------------------------
     def encode(
@@ -137,8 +191,11 @@ class Method(nn.Module):
         return self.sampler.sample(present)
 
     def extra_losses(self, output: MethodOutput) -> dict[str, torch.Tensor]:
-        """Method-specific weighted loss terms (e.g. DMRNet's alpha * KL)."""
-        return {}
+        """Method-specific weighted loss terms: the head's (e.g. DMRNet's alpha * KL) unless a
+        method overrides this."""
+        if self.head_class is None:
+            return {}
+        return self.head.losses(output.extras)
 
     def task_loss(self, output: MethodOutput, target: torch.Tensor) -> torch.Tensor:
         """(B,) task loss of each sample. Methods with side outputs (deep supervision) add them."""
@@ -174,16 +231,52 @@ class Method(nn.Module):
         return self.hcr.end_epoch(epoch)
 
 
+def run_on_rows(
+    module: nn.Module, x: torch.Tensor, rows: torch.Tensor | None, training: bool
+) -> torch.Tensor:
+    """module(x) computed on the rows that really have the input (`rows` (B,) bool); the other
+    rows are zero. Placeholder inputs of absent samples would otherwise skew BatchNorm's
+    statistics. In training fewer than 2 rows run with the whole batch: BatchNorm cannot
+    normalize a single sample (and those rows are masked out later either way)."""
+    if rows is None or bool(rows.all()) or (training and int(rows.sum()) < 2):
+        return module(x)
+    out = module(x[rows])  # in evaluation possibly no row: an empty batch
+    full = out.new_zeros(x.shape[0], *out.shape[1:])
+    full[rows] = out
+    return full
+
+
+def build_encoders(config: EncodersConfig, spec: DataSpec, names: Sequence[str]) -> nn.ModuleDict:
+    """One encoder per modality in `names` from `model.encoder`, overridden by
+    `model.encoders[name]`; an override for a modality the dataset lacks is a ConfigError."""
+    unknown = sorted(set(config.encoders) - set(spec.modalities.names))
+    if unknown:
+        raise ConfigError(
+            f"model.encoders.{unknown[0]}: not a modality of this dataset "
+            f"({'+'.join(spec.modalities.names)})"
+        )
+    encoders = {}
+    for name in names:
+        choice = config.encoders.get(name, config.encoder)
+        encoders[name] = build_encoder(
+            choice.name, spec.input_shapes[name], config.feature_dim, choice.options
+        )
+    return nn.ModuleDict(encoders)
+
+
 class EncoderFusionMethod(Method):
     """Per-modality encoders to (B, M, D) features; subclasses fuse and classify them.
 
-    Encoders see only the samples that really have their modality (absent inputs are placeholder
-    zeros, and would otherwise skew the encoders' BatchNorm statistics); absent rows are zero.
+    Encoders see only the samples that really have their modality (see `run_on_rows`); absent
+    rows are zero.
     """
 
-    def __init__(self, config: ModelConfig, spec: DataSpec, task: Task) -> None:
+    config: EncodersConfig
+    config_class = EncodersConfig
+
+    def __init__(self, config: EncodersConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
-        self.encoders = self.build_encoders(config.feature_dim)
+        self.encoders = build_encoders(config, spec, self.modalities.names)
 
     def encode(
         self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None
@@ -192,14 +285,38 @@ class EncoderFusionMethod(Method):
         for index, name in enumerate(self.modalities.names):
             x = self.standardize[name](inputs[name])
             rows = None if present is None else present[:, index]
-            if rows is None or bool(rows.all()) or (self.training and int(rows.sum()) < 2):
-                features.append(self.encoders[name](x))
-            else:
-                out = x.new_zeros(x.shape[0], self.config.feature_dim)
-                if bool(rows.any()):
-                    out[rows] = self.encoders[name](x[rows])
-                features.append(out)
+            features.append(run_on_rows(self.encoders[name], x, rows, self.training))
         return torch.stack(features, dim=1)  # (B, M, D)
+
+
+class EncoderHeadMethod(EncoderFusionMethod):
+    """The vector family: encoders -> the head, whose projection is the masked concat fusion
+    (`MaskedLinearFusion`) -> a linear classifier. DMRNet and ModDrop differ only in the head."""
+
+    config: EncoderFusionConfig
+    config_class = EncoderFusionConfig
+    # Checkpoints written before the head component (methods/dmrnet.py, methods/moddrop.py).
+    legacy_state_keys = (
+        (r"^embedding\.", "head."),
+        (r"^fusion\.", "head.proj."),
+        (r"^norm\.", "head.norm."),
+        (r"^classifier\.", "head.readout."),
+    )
+
+    def __init__(self, config: EncoderFusionConfig, spec: DataSpec, task: Task) -> None:
+        super().__init__(config, spec, task)
+        count, dim, embed = len(self.modalities), config.feature_dim, config.embed_dim
+        self.head = self.build_head(
+            lambda: MaskedLinearFusion(count, dim, embed),
+            embed,
+            readout=lambda: nn.Linear(embed, spec.num_classes),
+        )
+
+    def decode(self, features: torch.Tensor, mask: torch.Tensor) -> MethodOutput:
+        return MethodOutput.of_head(self.head(features, mask))
+
+    def decode_many(self, features: torch.Tensor, masks: torch.Tensor) -> list[MethodOutput]:
+        return [MethodOutput.of_head(h) for h in self.head.forward_many(features, masks)]
 
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -207,20 +324,3 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 def build_method(config: ModelConfig, spec: DataSpec, task: Task) -> Method:
     return METHODS.get(config.method)(config, spec, task)
-
-
-def decode_with(
-    embed: Callable[[Callable[[nn.Module], torch.Tensor]], MethodOutput],
-    features: torch.Tensor,
-    masks: torch.Tensor,
-) -> list[MethodOutput]:
-    """Run a method's `embed(project)` once for all combinations and split the result by
-    combination. `project(fusion)` returns the fused pre-activations of all (C * B) rows."""
-    count, batch = masks.shape[0], features.shape[0]
-    output = embed(lambda fusion: fusion.forward_many(features, masks).flatten(0, 1))
-    logits = output.logits.unflatten(0, (count, batch))
-    variance = None if output.variance is None else output.variance.unflatten(0, (count, batch))
-    return [
-        MethodOutput(logits=logits[c], variance=None if variance is None else variance[c])
-        for c in range(count)
-    ]

@@ -2,7 +2,7 @@
 
 The reference a single robust model is measured against: for every combination there is a
 network that never has to cope with any other input. Each dedicated model is the ModDrop network
-(shared/DESIGN.md section 1.8) restricted to its modalities: one encoder per member modality,
+restricted to its modalities: one encoder per member modality,
 masked-concat fusion, BatchNorm, linear classifier; it has its own parameters.
 
 All dedicated models train side by side in one run: every training step feeds each model the
@@ -26,16 +26,23 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from dmrnet.config import ModelConfig, SamplerConfig
+from dmrnet.config import SamplerConfig
 from dmrnet.data.base import DataSpec
 from dmrnet.errors import ConfigError
-from dmrnet.methods.base import METHODS, LossOutput, Method, MethodOutput
+from dmrnet.methods.base import (
+    METHODS,
+    EncoderFusionConfig,
+    LossOutput,
+    Method,
+    MethodOutput,
+    build_encoders,
+)
 from dmrnet.modalities import Combination
-from dmrnet.nn import MaskedLinearFusion, build_encoder
+from dmrnet.nn import DeterministicHead, DeterministicHeadConfig, MaskedLinearFusion
 from dmrnet.tasks import Task
 
 
-class DedicatedConfig(ModelConfig):
+class DedicatedConfig(EncoderFusionConfig, DeterministicHeadConfig):
     method: str = "dedicated"
     combinations: list[str] | None = Field(
         None, description="the combinations that get a model (default: all 2^M - 1)"
@@ -43,7 +50,6 @@ class DedicatedConfig(ModelConfig):
     max_modalities: int | None = Field(
         None, ge=1, description="only combinations of at most this many modalities get a model"
     )
-    mu_norm: bool = Field(True, description="BatchNorm on each model's embedding (as ModDrop)")
     sampler: SamplerConfig = Field(
         default_factory=lambda: SamplerConfig(kind="full"),
         description="no dropout: each model sees its combination of every sample that has it",
@@ -60,53 +66,47 @@ class DedicatedInputs:
 
 
 class CombinationModel(nn.Module):
-    """The ModDrop network on a fixed combination: encoders, concat fusion, norm, classifier."""
+    """The ModDrop network on a fixed combination: encoders, then ModDrop's head (concat fusion,
+    norm, classifier)."""
 
-    def __init__(
-        self, encoders: nn.ModuleDict, feature_dim: int, embed_dim: int, classes: int, norm: bool
-    ) -> None:
+    def __init__(self, encoders: nn.ModuleDict, config: DedicatedConfig, classes: int) -> None:
         super().__init__()
         self.encoders = encoders
-        self.fusion = MaskedLinearFusion(len(encoders), feature_dim, embed_dim)
-        self.norm = nn.BatchNorm1d(embed_dim) if norm else nn.Identity()
-        self.classifier = nn.Linear(embed_dim, classes)
+        count, dim, embed = len(encoders), config.feature_dim, config.embed_dim
+        self.head = DeterministicHead(
+            config,
+            lambda: MaskedLinearFusion(count, dim, embed),
+            embed,
+            readout=lambda: nn.Linear(embed, classes),
+        )
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         features = torch.stack(
             [encoder(inputs[name]) for name, encoder in self.encoders.items()], 1
         )
         everything = features.new_ones(features.shape[:2], dtype=torch.bool)  # (B, |c|)
-        return self.classifier(self.norm(self.fusion(features, everything)))
+        return self.head(features, everything).logits
 
 
 @METHODS.register("dedicated")
 class Dedicated(Method):
     config: DedicatedConfig
     config_class = DedicatedConfig
+    # Checkpoints written before the head component.
+    legacy_state_keys = (
+        (r"^(models\.\d+\.)fusion\.", r"\1head.proj."),
+        (r"^(models\.\d+\.)norm\.", r"\1head.norm."),
+        (r"^(models\.\d+\.)classifier\.", r"\1head.readout."),
+    )
 
     def __init__(self, config: DedicatedConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
-        if config.hcr.rule != "none":
-            raise ConfigError(
-                "model.hcr.rule: each dedicated model sees only its own combination, so a "
-                "hard-combination regularizer does not apply; use rule 'none'"
-            )
-        unknown = sorted(set(config.encoders) - set(self.modalities.names))
-        if unknown:
-            raise ConfigError(
-                f"model.encoders.{unknown[0]}: not a modality of this dataset "
-                f"({'+'.join(self.modalities.names)})"
-            )
+        self.reject_hcr("trains each model on its own combination")
+        names = self.modalities.names
         self.trained = self._trained_combinations(config)
         self.models = nn.ModuleList(
             CombinationModel(
-                nn.ModuleDict(
-                    {self.modalities.names[i]: self._encoder(self.modalities.names[i]) for i in c}
-                ),
-                config.feature_dim,
-                config.embed_dim,
-                spec.num_classes,
-                config.mu_norm,
+                build_encoders(config, spec, [names[i] for i in c]), config, spec.num_classes
             )
             for c in self.trained
         )
@@ -139,12 +139,6 @@ class Dedicated(Method):
             )
         order = self.modalities.combinations()
         return sorted(chosen, key=order.index)
-
-    def _encoder(self, name: str) -> nn.Module:
-        choice = self.config.encoders.get(name, self.config.encoder)
-        return build_encoder(
-            choice.name, self.spec.input_shapes[name], self.config.feature_dim, choice.options
-        )
 
     def _route(self, combination: Combination) -> int:
         """Index of the model for `combination`: its own, else its largest trained subset."""

@@ -13,7 +13,7 @@ mean task loss; at the end of the warm-up a *selection rule* picks the hard comb
 - ``fixed``         the paper's face anti-spoofing code: a list from the config.
 - ``incomplete``    the paper's segmentation code: every combination that misses a modality.
                     The code trains an auxiliary decoder on those samples; the dense
-                    methods offer it as `auxiliary_decoder: true` (methods/segmentation.py:
+                    methods offer it as `auxiliary_decoder: true` (methods/dense.py:
                     the HCR loss then comes from that decoder, via `Method.hcr_task_loss`).
 - ``variance-by-size``  ours: the k combinations whose variance is largest relative to the mean
                     variance of the combinations with the same number of modalities. Raw variance

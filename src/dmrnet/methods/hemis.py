@@ -24,14 +24,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from dmrnet.config import ModelConfig
 from dmrnet.data.base import DataSpec
-from dmrnet.methods.base import METHODS, EncoderFusionMethod, MethodOutput
+from dmrnet.methods.base import METHODS, EncoderFusionConfig, EncoderFusionMethod, MethodOutput
 from dmrnet.nn.fusion import eval_affine
 from dmrnet.tasks import Task
 
 
-class HeMISConfig(ModelConfig):
+class HeMISConfig(EncoderFusionConfig):
     method: str = "hemis"
     head_norm: bool = Field(True, description="BatchNorm in the front end (as ModDrop's head)")
 

@@ -19,14 +19,19 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from dmrnet.config import ModelConfig, SamplerConfig
+from dmrnet.config import SamplerConfig
 from dmrnet.data.base import DataSpec
-from dmrnet.errors import ConfigError
-from dmrnet.methods.base import METHODS, EncoderFusionMethod, LossOutput, MethodOutput
+from dmrnet.methods.base import (
+    METHODS,
+    EncoderFusionMethod,
+    EncodersConfig,
+    LossOutput,
+    MethodOutput,
+)
 from dmrnet.tasks import Task
 
 
-class LateFusionConfig(ModelConfig):
+class LateFusionConfig(EncodersConfig):
     method: str = "late-fusion"
     sampler: SamplerConfig = Field(
         default_factory=lambda: SamplerConfig(kind="full"),
@@ -57,11 +62,7 @@ class LateFusion(EncoderFusionMethod):
 
     def __init__(self, config: LateFusionConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
-        if config.hcr.rule != "none":
-            raise ConfigError(
-                "model.hcr.rule: late-fusion trains each modality's classifier on its own, so a "
-                "hard-combination regularizer does not apply; use rule 'none'"
-            )
+        self.reject_hcr("trains each modality's classifier on its own")
         self.classifiers = nn.ModuleDict(
             {
                 name: nn.Linear(config.feature_dim, spec.num_classes)

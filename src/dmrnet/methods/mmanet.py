@@ -43,13 +43,18 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from dmrnet.config import ModelConfig, SamplerConfig
+from dmrnet.config import SamplerConfig
 from dmrnet.data.base import DataSpec
-from dmrnet.methods.base import METHODS, EncoderFusionMethod, LossOutput, MethodOutput
+from dmrnet.methods.base import (
+    METHODS,
+    EncoderFusionConfig,
+    EncoderFusionMethod,
+    LossOutput,
+    MethodOutput,
+)
 from dmrnet.methods.moddrop import ModDrop, ModDropConfig
 from dmrnet.methods.stages import TrainingStage
-from dmrnet.nn import MaskedLinearFusion
-from dmrnet.nn.fusion import fused_many
+from dmrnet.nn import DeterministicHead, DeterministicHeadConfig, MaskedLinearFusion
 from dmrnet.tasks import Task
 
 log = logging.getLogger("dmrnet")
@@ -58,10 +63,9 @@ TEACHER, STUDENT = 0, 1
 STAGES = ("teacher", "student")
 
 
-class MMANetConfig(ModelConfig):
+class MMANetConfig(EncoderFusionConfig, DeterministicHeadConfig):
     method: str = "mmanet"
     teacher_epochs: int | None = Field(None, ge=1, description="default: train.epochs")
-    mu_norm: bool = Field(True, description="BatchNorm on the embedding (as ModDrop)")
     distill_weight: float = Field(30.0, ge=0.0, description="MAD weight (official SURF: 30)")
     mar_weight: float = Field(0.5, ge=0.0, description="MAR weight (official SURF: 0.5)")
     warmup_epochs: int = Field(
@@ -74,22 +78,6 @@ class MMANetFeatures:
     features: torch.Tensor  # (B, M, D) of the network being trained or deployed
     teacher_embedding: torch.Tensor | None = None  # (B, E), only in student training
     teacher_logits: torch.Tensor | None = None  # (B, K)
-
-
-class FusionNetwork(nn.Module):
-    """The student's head, as ModDrop's: masked concat fusion -> BatchNorm -> classifier."""
-
-    def __init__(
-        self, modalities: int, feature_dim: int, embed_dim: int, classes: int, norm: bool
-    ) -> None:
-        super().__init__()
-        self.fusion = MaskedLinearFusion(modalities, feature_dim, embed_dim)
-        self.norm = nn.BatchNorm1d(embed_dim) if norm else nn.Identity()
-        self.classifier = nn.Linear(embed_dim, classes)
-
-    def embed(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.norm(projected)
-        return embedding, self.classifier(embedding)
 
 
 def similarity(features: torch.Tensor) -> torch.Tensor:
@@ -116,11 +104,23 @@ class MMANet(EncoderFusionMethod):
 
     config: MMANetConfig
     config_class = MMANetConfig
+    # Checkpoints written before the head component (the teacher's keys: ModDrop's rules).
+    legacy_state_keys = (
+        (r"^student\.fusion\.", "student.proj."),
+        (r"^student\.classifier\.", "student.readout."),
+    )
 
     def __init__(self, config: MMANetConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
         count, dim, classes = len(self.modalities), config.feature_dim, spec.num_classes
-        self.student = FusionNetwork(count, dim, config.embed_dim, classes, config.mu_norm)
+        embed = config.embed_dim
+        # The student's head is ModDrop's: masked concat fusion -> BatchNorm -> classifier.
+        self.student = DeterministicHead(
+            config,
+            lambda: MaskedLinearFusion(count, dim, embed),
+            embed,
+            readout=lambda: nn.Linear(embed, classes),
+        )
         self.auxiliary = nn.ModuleDict({n: nn.Linear(dim, classes) for n in self.modalities.names})
         # The teacher is a ModDrop network of the same architecture that never drops modalities.
         teacher_config = ModDropConfig(
@@ -189,9 +189,9 @@ class MMANet(EncoderFusionMethod):
                     if present is not None
                     else torch.ones(teacher.shape[:2], dtype=torch.bool, device=teacher.device)
                 )
-                embedding = self.teacher.norm(self.teacher.fusion(teacher, available))
-            features.teacher_embedding = embedding
-            features.teacher_logits = self.teacher.classifier(embedding)
+                head = self.teacher.head(teacher, available)
+            features.teacher_embedding = head.embedding
+            features.teacher_logits = head.logits
         return features
 
     def batch_size(self, features: MMANetFeatures) -> int:
@@ -200,8 +200,8 @@ class MMANet(EncoderFusionMethod):
     def decode(self, features: MMANetFeatures, mask: torch.Tensor) -> MethodOutput:
         if self.in_teacher_stage:
             return self.teacher.decode(features.features, mask)
-        embedding, logits = self.student.embed(self.student.fusion(features.features, mask))
-        output = MethodOutput(logits=logits)
+        head = self.student(features.features, mask)
+        output = MethodOutput(logits=head.logits)
         if self.training:
             output.extras["unimodal_logits"] = torch.stack(
                 [
@@ -211,7 +211,7 @@ class MMANet(EncoderFusionMethod):
                 dim=1,
             )
             if features.teacher_embedding is not None:
-                output.extras["embedding"] = embedding
+                output.extras["embedding"] = head.embedding
                 output.extras["teacher_embedding"] = features.teacher_embedding
                 output.extras["teacher_logits"] = features.teacher_logits
         return output
@@ -219,11 +219,9 @@ class MMANet(EncoderFusionMethod):
     def decode_many(self, features: MMANetFeatures, masks: torch.Tensor) -> list[MethodOutput]:
         if self.in_teacher_stage:
             return self.teacher.decode_many(features.features, masks)
-        student = self.student
-        logits = fused_many(
-            student.fusion, student.norm, features.features, masks, head=student.classifier
-        )
-        return [MethodOutput(logits=x) for x in logits]
+        return [
+            MethodOutput.of_head(h) for h in self.student.forward_many(features.features, masks)
+        ]
 
     # -- losses -----------------------------------------------------------------------------
     @property
@@ -232,14 +230,15 @@ class MMANet(EncoderFusionMethod):
         return not self.in_teacher_stage and int(self.epoch) >= self.config.warmup_epochs
 
     def extra_losses(self, output: MethodOutput) -> dict[str, torch.Tensor]:
-        if "teacher_embedding" not in output.extras or self.config.distill_weight == 0:
-            return {}
-        mad = margin_aware_distillation(
-            output.extras["embedding"],
-            output.extras["teacher_embedding"],
-            output.extras["teacher_logits"],
-        )
-        return {"mad": self.config.distill_weight * mad}
+        terms = self.student.losses(output.extras)
+        if "teacher_embedding" in output.extras and self.config.distill_weight != 0:
+            mad = margin_aware_distillation(
+                output.extras["embedding"],
+                output.extras["teacher_embedding"],
+                output.extras["teacher_logits"],
+            )
+            terms["mad"] = self.config.distill_weight * mad
+        return terms
 
     def loss(self, output: MethodOutput, target: torch.Tensor, mask: torch.Tensor) -> LossOutput:
         if self.in_teacher_stage:

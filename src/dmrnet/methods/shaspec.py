@@ -40,22 +40,20 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from dmrnet.config import ModelConfig
 from dmrnet.data.base import DataSpec
-from dmrnet.methods.base import METHODS, EncoderFusionMethod, MethodOutput
-from dmrnet.nn import MaskedLinearFusion, build_encoder
+from dmrnet.methods.base import METHODS, EncoderFusionConfig, EncoderFusionMethod, MethodOutput
+from dmrnet.nn import DeterministicHead, DeterministicHeadConfig, MaskedLinearFusion, build_encoder
 from dmrnet.nn.fusion import eval_affine
 from dmrnet.tasks import Task
 
 
-class ShaSpecConfig(ModelConfig):
+class ShaSpecConfig(EncoderFusionConfig, DeterministicHeadConfig):
     method: str = "shaspec"
     dao_weight: float = Field(0.1, ge=0.0, description="distribution alignment (official: 0.1)")
     dco_weight: float = Field(0.02, ge=0.0, description="modality classification (official: 0.02)")
     adapter_dim: int = Field(
         256, ge=1, description="shared-encoder input width when modality shapes differ"
     )
-    mu_norm: bool = Field(True, description="BatchNorm on the fused embedding (as ModDrop)")
 
 
 @dataclass
@@ -75,6 +73,14 @@ class ShaSpec(EncoderFusionMethod):
 
     config: ShaSpecConfig
     config_class = ShaSpecConfig
+    # ModDrop's head; `decode` opens it up to generate the missing modalities' features.
+    head_class = DeterministicHead
+    # Checkpoints written before the head component.
+    legacy_state_keys = (
+        (r"^fusion\.", "head.proj."),
+        (r"^norm\.", "head.norm."),
+        (r"^classifier\.", "head.readout."),
+    )
 
     def __init__(self, config: ShaSpecConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
@@ -96,9 +102,12 @@ class ShaSpec(EncoderFusionMethod):
         encoder = config.encoder
         self.shared_encoder = build_encoder(encoder.name, shared_shape, dim, encoder.options)
         self.compose = nn.Linear(2 * dim, dim)  # f_m = s_m + W_c [s_m; p_m], shared by all m
-        self.fusion = MaskedLinearFusion(count, dim, config.embed_dim)
-        self.norm = nn.BatchNorm1d(config.embed_dim) if config.mu_norm else nn.Identity()
-        self.classifier = nn.Linear(config.embed_dim, spec.num_classes)
+        embed = config.embed_dim
+        self.head = self.build_head(
+            lambda: MaskedLinearFusion(count, dim, embed),
+            embed,
+            readout=lambda: nn.Linear(embed, spec.num_classes),
+        )
         self.modality_classifier = nn.Linear(dim, count)
 
     # -- encoders ---------------------------------------------------------------------------
@@ -145,8 +154,12 @@ class ShaSpec(EncoderFusionMethod):
         shared = features.shared
         return shared + self.compose(torch.cat([shared, features.specific], dim=-1))
 
-    def head(self, fused: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.norm(fused))
+    @property
+    def fusion(self) -> MaskedLinearFusion:
+        return self.head.proj
+
+    def classify(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.head.readout(self.head.norm(fused))
 
     def _blocks(self) -> torch.Tensor:
         return self.fusion.weight.view(-1, len(self.modalities), self.config.feature_dim)
@@ -161,7 +174,7 @@ class ShaSpec(EncoderFusionMethod):
         # (B, M, D): the missing slots' generated features; then one block per slot.
         generated = (1.0 - used).unsqueeze(-1) * mean_shared.unsqueeze(1)
         missing_part = torch.einsum("bmd,omd->bo", generated, self._blocks())
-        output = MethodOutput(logits=self.head(present_part + missing_part + self.fusion.bias))
+        output = MethodOutput(logits=self.classify(present_part + missing_part + self.fusion.bias))
         if self.training:
             output.extras.update(self.auxiliary_losses(features, used))
         return output
@@ -181,13 +194,14 @@ class ShaSpec(EncoderFusionMethod):
         # W_m s_j for every slot m and modality j: (M, M, B, O)
         crossed = torch.einsum("bjd,omd->mjbo", features.shared, self._blocks())
         constant = self.fusion.bias
-        affine = eval_affine(self.norm)
+        classifier = self.head.readout
+        affine = eval_affine(self.head.norm)
         if affine is not None:  # evaluation: fold BatchNorm and the classifier in
             scale, shift = affine
-            head = self.classifier.weight.t()
+            head = classifier.weight.t()
             contributions = (contributions * scale) @ head  # (M, B, K)
             crossed = (crossed * scale) @ head  # (M, M, B, K)
-            constant = self.classifier(constant * scale + shift)
+            constant = classifier(constant * scale + shift)
         width = contributions.shape[-1]
         rows = torch.cat(
             [
@@ -201,7 +215,7 @@ class ShaSpec(EncoderFusionMethod):
             [used, generated.reshape(count, -1), used.new_ones(count, 1)], dim=1
         )  # (C, M + M^2 + 1)
         out = (selector @ rows).view(count, batch, width)
-        logits = out if affine is not None else self.classifier(self.norm(out.flatten(0, 1)))
+        logits = out if affine is not None else self.classify(out.flatten(0, 1))
         logits = logits.reshape(count, batch, -1)
         return [MethodOutput(logits=logits[c]) for c in range(count)]
 
@@ -223,9 +237,8 @@ class ShaSpec(EncoderFusionMethod):
         return {"dao": dao, "dco": dco}
 
     def extra_losses(self, output: MethodOutput) -> dict[str, torch.Tensor]:
-        if "dao" not in output.extras:
-            return {}
-        return {
-            "dao": self.config.dao_weight * output.extras["dao"],
-            "dco": self.config.dco_weight * output.extras["dco"],
-        }
+        terms = super().extra_losses(output)
+        if "dao" in output.extras:
+            terms["dao"] = self.config.dao_weight * output.extras["dao"]
+            terms["dco"] = self.config.dco_weight * output.extras["dco"]
+        return terms

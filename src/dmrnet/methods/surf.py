@@ -23,18 +23,26 @@ ablation ladder changes one thing at a time (`projection: false` gives the paper
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from dmrnet.config import EncoderConfig, HCRConfig, ModelConfig
+from dmrnet.config import HCRConfig, ModelConfig
 from dmrnet.data.base import DataSpec
 from dmrnet.errors import ConfigError
-from dmrnet.methods.base import METHODS, Method, MethodOutput
-from dmrnet.nn import GaussianEmbedding, ResNet, SqueezeExcitation, gaussian_kl, masked_concat
+from dmrnet.methods.base import METHODS, Method, MethodOutput, run_on_rows
+from dmrnet.nn import ResNet, SqueezeExcitation, masked_concat
+from dmrnet.nn.heads import (
+    DeterministicHead,
+    DeterministicHeadConfig,
+    GaussianHead,
+    GaussianHeadConfig,
+    KLReduction,
+    PooledLinear,
+)
 from dmrnet.nn.resnet import DEPTHS, BasicBlock, Bottleneck
 from dmrnet.tasks import Task
 
@@ -51,26 +59,21 @@ class SurfConfig(ModelConfig):
     embed_dim: int = Field(512, ge=1, description="channels of the embedding maps (paper: 512)")
 
 
-class SurfDMRNetConfig(SurfConfig):
+class SurfDMRNetConfig(SurfConfig, GaussianHeadConfig):
     method: str = "surf-dmrnet"
-    kl_weight: float = Field(1e-3, ge=0.0, description="alpha; the paper's code uses 1e-3")
-    kl_reduction: Literal["sum", "mean-pixels"] = Field(
+    kl_reduction: KLReduction = Field(
         "sum",
         description="sum: KL summed over channels and locations (the paper's face-anti-spoofing "
         "code); mean-pixels: summed over channels, averaged over locations (its segmentation code)",
     )
-    mu_norm: bool = Field(True, description="BatchNorm on the mu head (paper: yes)")
-    logvar_norm: bool = Field(True, description="BatchNorm on the logvar head (paper: yes)")
-    logvar_init_bias: float = Field(0.0, description="initial logvar (negative: little noise)")
     hcr: HCRConfig = Field(default_factory=lambda: HCRConfig(rule="unimodal-max"))
 
 
-class SurfModDropConfig(SurfConfig):
+class SurfModDropConfig(SurfConfig, DeterministicHeadConfig):
     method: str = "surf-moddrop"
     projection: bool = Field(
         True, description="1x1 conv (+ BatchNorm) before pooling, as DMRNet's mu head"
     )
-    mu_norm: bool = Field(True, description="BatchNorm on the projection")
 
 
 def make_stage(
@@ -94,13 +97,20 @@ def make_stage(
 
 
 class SurfNetwork(Method):
-    """Per-modality ResNet branches (encode) and the shared deeper layers (decode's trunk)."""
+    """Per-modality ResNet branches (encode), the shared deeper layers (decode's trunk), then the
+    head (`head_class` of the registered methods) per location, pooled into a classifier."""
 
     config: SurfConfig
+    # Checkpoints written before the head component (surf-dmrnet, surf-moddrop).
+    legacy_state_keys = (
+        (r"^embedding\.", "head."),
+        (r"^projection\.0\.", "head.proj."),
+        (r"^projection\.1\.", "head.norm."),
+        (r"^classifier\.", "head.readout."),
+    )
 
     def __init__(self, config: SurfConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
-        _reject_vector_encoder_fields(config)
         kind, counts = DEPTHS[config.depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         branches = {}
@@ -148,6 +158,23 @@ class SurfNetwork(Method):
             config.block_se,
         )
         self.trunk_channels = config.width * 8 * block.expansion
+        projection, width = self.head_projection()
+        classes = spec.num_classes
+        self.head = self.build_head(
+            projection,
+            width,
+            readout=lambda: PooledLinear(width, classes),  # pool z, then classify
+            dense=True,
+            **self.head_options(),
+        )
+
+    def head_projection(self) -> tuple[Callable[[], nn.Module] | None, int]:
+        """The head's projection (per location) and the embedding's channel count."""
+        channels, embed = self.trunk_channels, self.config.embed_dim
+        return (lambda: nn.Conv2d(channels, embed, kernel_size=1)), embed
+
+    def head_options(self) -> dict[str, Any]:
+        return {}
 
     def encode(
         self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None
@@ -158,15 +185,7 @@ class SurfNetwork(Method):
         for index, name in enumerate(self.modalities.names):
             x = self.standardize[name](inputs[name])
             rows = None if present is None else present[:, index]
-            # Only samples that have the modality pass its branch (BatchNorm statistics), unless
-            # too few do; rows of absent samples are masked out by `decode` either way.
-            if rows is None or bool(rows.all()) or int(rows.sum()) < (2 if self.training else 1):
-                maps.append(self.branches[name](x))
-            else:
-                kept = self.branches[name](x[rows])
-                out = kept.new_zeros(x.shape[0], *kept.shape[1:])
-                out[rows] = kept
-                maps.append(out)
+            maps.append(run_on_rows(self.branches[name], x, rows, self.training))
         return torch.stack(maps, dim=1)
 
     def trunk(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -174,84 +193,32 @@ class SurfNetwork(Method):
         fused = masked_concat(features.unbind(1), mask)  # (B, M*C, H, W), absent maps zeroed
         return self.layer4(self.layer3(fused))  # (B, trunk_channels, h, w)
 
+    def decode(self, features: torch.Tensor, mask: torch.Tensor) -> MethodOutput:
+        return MethodOutput.of_head(self.head(self.trunk(features, mask)))
+
 
 @METHODS.register("surf-dmrnet")
 class SurfDMRNet(SurfNetwork):
-    """DMRNet with the paper's face-anti-spoofing network: Gaussian heads per location."""
+    """DMRNet with the paper's face-anti-spoofing network: the Gaussian head per location."""
 
     config: SurfDMRNetConfig
     config_class = SurfDMRNetConfig
-    provides_variance = True
+    head_class = GaussianHead
 
-    def __init__(self, config: SurfDMRNetConfig, spec: DataSpec, task: Task) -> None:
-        super().__init__(config, spec, task)
-        channels, dim = self.trunk_channels, config.embed_dim
-        self.embedding = GaussianEmbedding(
-            lambda: nn.Conv2d(channels, dim, kernel_size=1),
-            dim,
-            mu_norm=config.mu_norm,
-            logvar_norm=config.logvar_norm,
-            logvar_init_bias=config.logvar_init_bias,
-            dense=True,
-        )
-        self.classifier = nn.Linear(dim, spec.num_classes)
-
-    def decode(self, features: torch.Tensor, mask: torch.Tensor) -> MethodOutput:
-        gaussian = self.embedding(self.trunk(features, mask))  # maps (B, E, h, w)
-        return MethodOutput(
-            logits=self.classifier(gaussian.z.mean(dim=(2, 3))),  # pool z, then classify
-            variance=gaussian.variance_per_sample(),  # mean std^2 over channels and locations
-            extras={"mu": gaussian.mu, "logvar": gaussian.logvar},
-        )
-
-    def extra_losses(self, output: MethodOutput) -> dict[str, torch.Tensor]:
-        mu, logvar = output.extras["mu"], output.extras["logvar"]
-        if self.config.kl_reduction == "sum":
-            # The paper's code: sum over every element of the (E, h, w) map, mean over the batch.
-            kl = gaussian_kl(mu.flatten(1), logvar.flatten(1))
-        else:
-            kl = gaussian_kl(mu, logvar, channel_dim=1)
-        return {"kl": self.config.kl_weight * kl}
+    def head_options(self) -> dict[str, Any]:
+        return {"kl_reduction": self.config.kl_reduction}
 
 
 @METHODS.register("surf-moddrop")
 class SurfModDrop(SurfNetwork):
-    """ModDrop with the same network: no logvar head, no sampling, no KL."""
+    """ModDrop with the same network: the deterministic head (no logvar head, no sampling, no KL);
+    `projection: false` drops its 1x1 conv and norm (layer4 -> pooling -> Linear)."""
 
     config: SurfModDropConfig
     config_class = SurfModDropConfig
+    head_class = DeterministicHead
 
-    def __init__(self, config: SurfModDropConfig, spec: DataSpec, task: Task) -> None:
-        super().__init__(config, spec, task)
-        if config.projection:
-            self.projection: nn.Module = nn.Sequential(
-                nn.Conv2d(self.trunk_channels, config.embed_dim, kernel_size=1),
-                nn.BatchNorm2d(config.embed_dim) if config.mu_norm else nn.Identity(),
-            )
-            out_channels = config.embed_dim
-        else:
-            self.projection = nn.Identity()
-            out_channels = self.trunk_channels
-        self.classifier = nn.Linear(out_channels, spec.num_classes)
-
-    def decode(self, features: torch.Tensor, mask: torch.Tensor) -> MethodOutput:
-        embedding = self.projection(self.trunk(features, mask))
-        return MethodOutput(logits=self.classifier(embedding.mean(dim=(2, 3))))
-
-
-def _reject_vector_encoder_fields(config: ModelConfig) -> None:
-    """The vector methods' encoder fields mean nothing here; a set one is a mistake, say so."""
-    problems: dict[str, Any] = {}
-    if config.encoder != EncoderConfig():
-        problems["model.encoder"] = config.encoder.name
-    if config.encoders:
-        problems["model.encoders"] = sorted(config.encoders)
-    if config.feature_dim != ModelConfig.model_fields["feature_dim"].default:
-        problems["model.feature_dim"] = config.feature_dim
-    if problems:
-        key, value = next(iter(problems.items()))
-        raise ConfigError(
-            f"{key}: {config.method!r} builds its own ResNet branches and ignores {key} "
-            f"(got {value!r}); set model.depth, model.width, model.stem, model.branch_se or "
-            "model.block_se instead"
-        )
+    def head_projection(self) -> tuple[Callable[[], nn.Module] | None, int]:
+        if self.config.projection:
+            return super().head_projection()
+        return None, self.trunk_channels

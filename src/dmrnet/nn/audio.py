@@ -3,9 +3,9 @@
 The paper's audio-visual code (after OGM-GE) feeds `log(|STFT| + 1e-7)` of a clip, shaped
 (1, frequency, time), to a ResNet whose first convolution takes one channel, global-average-pools
 the last stage and fuses the pooled vector. dmrnet builds the same network from its own ResNet
-(`dmrnet.nn.resnet`); `dmrnet.audio` computes the spectrograms. Deliberate difference: the paper's
-code calls its audio network "resnet18" but builds ResNet-34 depth (3-4-6-3 blocks); here the
-depth is what the config says (`depth: 34` reproduces the paper's network).
+(`dmrnet.nn.resnet`); `dmrnet.spectrograms` computes the spectrograms. Deliberate difference:
+the paper's code calls its audio network "resnet18" but builds ResNet-34 depth (3-4-6-3 blocks);
+here the depth is what the config says (`depth: 34` reproduces the paper's network).
 """
 
 from __future__ import annotations

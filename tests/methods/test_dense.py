@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dmrnet.config import parse_config
 from dmrnet.data.base import DataSpec
 from dmrnet.errors import ConfigError
 from dmrnet.evaluate import CombinationEvaluator
@@ -118,7 +119,7 @@ def test_dense_embedding_samples_per_pixel_in_training_and_kl_has_gradient():
     assert torch.equal(again.extras["mu"], mu) and not torch.allclose(again.logits, output.logits)
     kl = model.extra_losses(output)["kl"]
     kl.backward()
-    assert model.embedding.mu_proj.weight.grad.abs().sum() > 0  # unlike the paper's code
+    assert model.head.mu_proj.weight.grad.abs().sum() > 0  # unlike the paper's code
     model.eval()
     first = model(inputs, present).logits
     assert torch.equal(first, model(inputs, present).logits)  # z = mu in evaluation
@@ -178,16 +179,27 @@ def test_holes_become_zero_after_standardization():
 def test_configuration_errors_name_the_key():
     with pytest.raises(ConfigError, match="segmentation|label maps"):
         make_method(spec=make_spec(task="classification"))
-    with pytest.raises(ConfigError, match="model.encoder.name"):
-        make_method(encoder={"name": "mlp", "options": {}})
     with pytest.raises(ConfigError, match="model.encoders"):
         make_method(encoders={"depth": {"name": "resnet", "options": {"depth": 10, "width": 16}}})
     with pytest.raises(ConfigError, match="model.primary"):
         make_method(primary="thermal")
     with pytest.raises(ConfigError, match="model.auxiliary_decoder"):
         make_method(hcr={"rule": "none"})
-    with pytest.raises(ConfigError, match="model.encoder.options"):
-        make_method(encoder={"name": "resnet", "options": {"depth": 11}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"encoder": {"name": "mlp"}}, r"model\.encoder\.name: .*'resnet'"),
+        ({"encoder": {"options": {"depth": 11}}}, r"model\.encoder\.options\.depth"),
+        ({"encoder": {"options": {"hidden": [8]}}}, r"model\.encoder\.options\.hidden: unknown"),
+        ({"feature_dim": 8}, r"model\.feature_dim: unknown key"),
+    ],
+)
+def test_the_schema_holds_only_resnet_branches(fields, key):
+    raw = {"data": {"name": "maps"}, "model": {"method": "dmrnet-seg", **fields}}
+    with pytest.raises(ConfigError, match=key):
+        parse_config(raw)
 
 
 def test_segmentation_loss_is_the_mean_over_valid_pixels_with_ignore_and_weights():

@@ -10,7 +10,8 @@ import pytest
 import soundfile
 import torch
 
-from dmrnet.audio import (
+from dmrnet.errors import DataError
+from dmrnet.spectrograms import (
     AudioOptions,
     check_wav,
     fix_length,
@@ -19,7 +20,6 @@ from dmrnet.audio import (
     read_wav,
     standardize_per_sample,
 )
-from dmrnet.errors import DataError
 
 
 def tone(rate: int, seconds: float, frequency: float, channels: int = 1) -> np.ndarray:

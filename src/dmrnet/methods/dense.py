@@ -22,9 +22,10 @@ module, the embedding and the decoder. The evaluation's default `decode_many` lo
 re-runs only those parts per combination. With `fusion_feedback: false` no branch sees fused maps
 (fusion only feeds the skips and the context module) and `encode` runs every branch completely.
 
-DMRNet's dense embedding: mu and logvar heads (1x1 conv + BatchNorm) on the context features,
-z = mu + eps * std sampled per pixel in training, z = mu in evaluation, and a KL term averaged
-over batch and pixels *with* its gradient (the paper's code detaches it). Dense HCR: the generic
+DMRNet's dense embedding is the Gaussian head (dmrnet.nn.heads) on the context features: mu and
+logvar heads (1x1 conv + BatchNorm), z = mu + eps * std sampled per pixel in training, z = mu in
+evaluation, and a KL term averaged over batch and pixels *with* its gradient (the paper's code
+detaches it). ModDrop's is the deterministic head (1x1 conv + BatchNorm). Dense HCR: the generic
 variance- and loss-based rules use the per-sample loss (mean over valid pixels); the paper's own
 segmentation rule is `hcr: {rule: incomplete, weight: 0.5, warmup_epochs: 11}` with
 `auxiliary_decoder: true`: a second decoder, trained only on samples whose combination misses a
@@ -44,28 +45,51 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from dmrnet.config import EncoderConfig, HCRConfig, ModelConfig
+from dmrnet.config import HCRConfig, ModelConfig, Strict
 from dmrnet.data.base import DataSpec
 from dmrnet.errors import ConfigError
-from dmrnet.methods.base import METHODS, Method, MethodOutput
-from dmrnet.nn import GaussianEmbedding, ResNet, SqueezeExcitation, gaussian_kl
+from dmrnet.methods.base import METHODS, Method, MethodOutput, run_on_rows
+from dmrnet.nn import ResNet, SqueezeExcitation
+from dmrnet.nn.heads import (
+    DeterministicHead,
+    DeterministicHeadConfig,
+    GaussianHead,
+    GaussianHeadConfig,
+)
 from dmrnet.tasks import Task
 
 Upsampling = Literal["learned", "bilinear", "nearest"]
 
 
 # -- configuration --------------------------------------------------------------------------------
+class ResNetOptions(Strict):
+    """The options of a branch's ResNet (dmrnet.nn.resnet.ResNet)."""
+
+    depth: Literal[10, 18, 34, 50] = 18
+    width: int = Field(64, ge=1, description="base channels (64 = standard)")
+    se: bool = Field(False, description="squeeze-excitation inside every residual block")
+    stem: Literal["imagenet", "thin"] = Field("imagenet", description="imagenet: stride 4")
+
+
+class ResNetBranchConfig(Strict):
+    """A dense branch: always a ResNet (its stages are fused), so `name` is only `resnet`."""
+
+    name: Literal["resnet"] = "resnet"
+    options: ResNetOptions = Field(default_factory=ResNetOptions)
+
+
 class DenseFusionConfig(ModelConfig):
     """Fields of the dense (segmentation) network shared by dmrnet-seg and moddrop-seg.
 
     `encoder.options` are the ResNet options of every branch (depth, width, se, stem);
     `encoders.<modality>` may override them per branch, as long as every branch has the same
     stage channels (fusion adds the maps). `embed_dim` is the channel count of the context
-    features after the embedding, i.e. the decoder's input. `feature_dim` is not used.
+    features after the embedding, i.e. the decoder's input.
     """
 
-    encoder: EncoderConfig = Field(
-        default_factory=lambda: EncoderConfig(name="resnet", options={"depth": 18})
+    encoder: ResNetBranchConfig = Field(default_factory=ResNetBranchConfig)
+    encoders: dict[str, ResNetBranchConfig] = Field(
+        default_factory=dict, description="per-modality branch overrides"
     )
     embed_dim: int = Field(512, ge=1, description="channels of the embedding (decoder input)")
     decoder_channels: list[int] = Field(
@@ -101,21 +125,16 @@ class DenseFusionConfig(ModelConfig):
         return bins
 
 
-class DMRNetSegConfig(DenseFusionConfig):
+class DMRNetSegConfig(DenseFusionConfig, GaussianHeadConfig):
     method: str = "dmrnet-seg"
-    kl_weight: float = Field(1e-3, ge=0.0, description="alpha; the paper's code uses 1e-3")
-    mu_norm: bool = Field(True, description="BatchNorm on the mu head (paper: yes)")
-    logvar_norm: bool = Field(True, description="BatchNorm on the logvar head (paper: yes)")
-    logvar_init_bias: float = Field(0.0, description="initial logvar (negative: little noise)")
     hcr: HCRConfig = Field(
         default_factory=lambda: HCRConfig(rule="incomplete", weight=0.5, warmup_epochs=11)
     )
     auxiliary_decoder: bool = True
 
 
-class ModDropSegConfig(DenseFusionConfig):
+class ModDropSegConfig(DenseFusionConfig, DeterministicHeadConfig):
     method: str = "moddrop-seg"
-    mu_norm: bool = Field(True, description="BatchNorm after the embedding projection")
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -293,12 +312,18 @@ class BranchMaps:
 
 # -- the network ----------------------------------------------------------------------------------
 class DenseFusionMethod(Method):
-    """The ESANet-style multi-branch encoder-decoder; subclasses define the bottleneck between the
-    context module and the decoder (`embed`)."""
+    """The ESANet-style multi-branch encoder-decoder; the head (`head_class` of the registered
+    methods) is the bottleneck between the context module and the decoder."""
 
     config: DenseFusionConfig
     config_class = DenseFusionConfig
     tasks = ("segmentation",)
+    # Checkpoints written before the head component (dmrnet-seg, moddrop-seg).
+    legacy_state_keys = (
+        (r"^embedding\.", "head."),
+        (r"^projection\.0\.", "head.proj."),
+        (r"^projection\.1\.", "head.norm."),
+    )
 
     def __init__(self, config: DenseFusionConfig, spec: DataSpec, task: Task) -> None:
         super().__init__(config, spec, task)
@@ -338,14 +363,12 @@ class DenseFusionMethod(Method):
                 "model.auxiliary_decoder: the auxiliary decoder trains on the HCR's hard samples; "
                 "set model.hcr.rule (the paper: incomplete) and a weight > 0, or turn it off"
             )
+        channels, embed = self.context_channels, config.embed_dim
+        self.head = self.build_head(lambda: nn.Conv2d(channels, embed, 1), embed, dense=True)
 
     def _build_branch(self, name: str) -> ResNet:
         choice = self.config.encoders.get(name, self.config.encoder)
         key = f"model.encoders.{name}" if name in self.config.encoders else "model.encoder"
-        if choice.name != "resnet":
-            raise ConfigError(
-                f"{key}.name: dense methods build ResNet branches, got {choice.name!r}; use resnet"
-            )
         shape = tuple(self.spec.input_shapes[name])
         if len(shape) not in (2, 3):
             raise ConfigError(
@@ -353,10 +376,7 @@ class DenseFusionMethod(Method):
                 "inputs (C, H, W) or (H, W)"
             )
         in_channels = shape[0] if len(shape) == 3 else 1
-        try:
-            return ResNet(in_channels=in_channels, **choice.options)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{key}.options: {error}") from None
+        return ResNet(in_channels=in_channels, **choice.options.model_dump())
 
     def _build_decoder(self, final_steps: int) -> Decoder:
         config = self.config
@@ -380,19 +400,6 @@ class DenseFusionMethod(Method):
             standardized = torch.where(x == self.holes[name], 0.0, standardized)
         return standardized
 
-    def _run_rows(
-        self, module: nn.Module, x: torch.Tensor, rows: torch.Tensor | None
-    ) -> torch.Tensor:
-        """module(x) on the rows that use it; the other rows are zero. BatchNorm statistics thus
-        come from real inputs only (as EncoderFusionMethod does); a single training row runs
-        with the whole batch, since BatchNorm cannot normalize one sample."""
-        if rows is None or bool(rows.all()) or (self.training and int(rows.sum()) == 1):
-            return module(x)
-        out = module(x[rows])
-        full = out.new_zeros(x.shape[0], *out.shape[1:])
-        full[rows] = out
-        return full
-
     def encode(
         self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None
     ) -> BranchMaps:
@@ -404,10 +411,10 @@ class DenseFusionMethod(Method):
             size, batch = (int(x.shape[-2]), int(x.shape[-1])), int(x.shape[0])
             rows = None if present is None else present[:, index]
             branch = self.branches[name]
-            levels = [self._run_rows(branch.stem, x, rows)]
+            levels = [run_on_rows(branch.stem, x, rows, self.training)]
             if not (self.feedback and index == self.primary):
                 for stage in branch.stages:
-                    levels.append(self._run_rows(stage, levels[-1], rows))
+                    levels.append(run_on_rows(stage, levels[-1], rows, self.training))
             maps.append(levels)
         return BranchMaps(maps=maps, size=size, batch=batch)
 
@@ -425,20 +432,16 @@ class DenseFusionMethod(Method):
             maps = [levels[level] if level < len(levels) else None for levels in features.maps]
             if self.feedback and level > 0 and used:
                 # The primary branch continues from the previous fused map (ESANet).
-                maps[self.primary] = self._run_rows(
-                    branch.stages[level - 1], fused[-1], primary_rows
+                maps[self.primary] = run_on_rows(
+                    branch.stages[level - 1], fused[-1], primary_rows, self.training
                 )
             fused.append(fusion(maps, mask))
         return fused
 
-    def embed(self, context: torch.Tensor) -> MethodOutput:
-        """Context features (B, C, h, w) -> MethodOutput whose logits are the decoder input z."""
-        raise NotImplementedError
-
     def decode(self, features: BranchMaps, mask: torch.Tensor) -> MethodOutput:
         fused = self.fuse(features, mask)
         skips = [project(f) for project, f in zip(self.skips, fused[3:0:-1], strict=True)]
-        output = self.embed(self.context(fused[4]))
+        output = self.head(self.context(fused[4]))  # z: per-pixel sample in training, else mu
         z = output.logits
         sides = self.training and self.config.multiscale
         logits, side_logits = self.decoder(z, skips, features.size, sides)
@@ -484,53 +487,21 @@ class DenseFusionMethod(Method):
 
 @METHODS.register("dmrnet-seg")
 class DMRNetSeg(DenseFusionMethod):
-    """DMRNet for dense prediction: Gaussian embedding of the context features."""
+    """DMRNet for dense prediction: the Gaussian head on the context features."""
 
     config: DMRNetSegConfig
     config_class = DMRNetSegConfig
-    provides_variance = True
-
-    def __init__(self, config: DMRNetSegConfig, spec: DataSpec, task: Task) -> None:
-        super().__init__(config, spec, task)
-        self.embedding = GaussianEmbedding(
-            lambda: nn.Conv2d(self.context_channels, config.embed_dim, 1),
-            config.embed_dim,
-            mu_norm=config.mu_norm,
-            logvar_norm=config.logvar_norm,
-            logvar_init_bias=config.logvar_init_bias,
-            dense=True,
-        )
-
-    def embed(self, context: torch.Tensor) -> MethodOutput:
-        gaussian = self.embedding(context)  # per-pixel z in training, mu in evaluation
-        return MethodOutput(
-            logits=gaussian.z,
-            variance=gaussian.variance_per_sample(),
-            extras={"mu": gaussian.mu, "logvar": gaussian.logvar},
-        )
-
-    def extra_losses(self, output: MethodOutput) -> dict[str, torch.Tensor]:
-        kl = gaussian_kl(output.extras["mu"], output.extras["logvar"])  # mean over batch, pixels
-        return {"kl": self.config.kl_weight * kl}
+    head_class = GaussianHead
 
 
 @METHODS.register("moddrop-seg")
 class ModDropSeg(DenseFusionMethod):
-    """The same network with a deterministic embedding: 1x1 conv (+ BatchNorm), no sampling,
-    no KL (the first rung of the paper's ablation ladder)."""
+    """The same network with the deterministic head: 1x1 conv (+ BatchNorm), no sampling, no KL
+    (the first rung of the paper's ablation ladder)."""
 
     config: ModDropSegConfig
     config_class = ModDropSegConfig
-
-    def __init__(self, config: ModDropSegConfig, spec: DataSpec, task: Task) -> None:
-        super().__init__(config, spec, task)
-        self.projection = nn.Sequential(
-            nn.Conv2d(self.context_channels, config.embed_dim, 1),
-            nn.BatchNorm2d(config.embed_dim) if config.mu_norm else nn.Identity(),
-        )
-
-    def embed(self, context: torch.Tensor) -> MethodOutput:
-        return MethodOutput(logits=self.projection(context))
+    head_class = DeterministicHead
 
 
 __all__: list[Any] = [

@@ -1,0 +1,210 @@
+"""Heads: what every backbone puts on its fused features, written once for all of them.
+
+A backbone fuses its modalities into one input `h` of the head: (B, M, D) per-modality features and
+a mask for the vector methods (the head's projection is then a `MaskedLinearFusion`, which does the
+fusion), or one fused map (B, C, h, w) for the map backbones (a 1x1 convolution). Then:
+
+    DeterministicHead (ModDrop):  z = norm(proj(h))
+    GaussianHead (DMRNet, paper section 3.2):
+        mu = norm_mu(proj_mu(h)), logvar = norm_logvar(proj_logvar(h))
+        z = mu + eps * std in training (reparameterization), z = mu in evaluation
+        loss term alpha * KL(N(mu, std^2) || N(0, I)); per-sample variance = mean std^2
+    logits = readout(z)  (a classifier; the dense backbone's decoder takes z itself)
+
+Each head has its own config section (`DeterministicHeadConfig`, `GaussianHeadConfig`). A family's
+schema inherits the section of the head it uses, so its fields stay where configs have always
+written them (`model.kl_weight`, `model.mu_norm`, ...), and a field added to a section reaches the
+vector, dense and SURF backbones at once. The same holds for the head's behaviour: a backbone only
+calls `head(h)` (or `head.forward_many` for every combination at once) and adds `head.losses`.
+
+dmrnet's knobs (measured): the norm on each head can be switched off, and the logvar head can start
+from a negative bias (small initial noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from dmrnet.config import Strict
+from dmrnet.nn.fusion import MaskedLinearFusion, fused_many
+from dmrnet.nn.gaussian import LOGVAR_BOUND, gaussian_kl
+
+KLReduction = Literal["sum", "mean-pixels"]
+
+
+class DeterministicHeadConfig(Strict):
+    """Config section of `DeterministicHead`."""
+
+    mu_norm: bool = Field(True, description="BatchNorm on the embedding (as DMRNet's mu head)")
+
+
+class GaussianHeadConfig(Strict):
+    """Config section of `GaussianHead`."""
+
+    kl_weight: float = Field(1e-3, ge=0.0, description="alpha; the paper's code uses 1e-3")
+    mu_norm: bool = Field(True, description="BatchNorm on the mu head (paper: yes)")
+    logvar_norm: bool = Field(True, description="BatchNorm on the logvar head (paper: yes)")
+    logvar_init_bias: float = Field(0.0, description="initial logvar (negative: little noise)")
+
+
+@dataclass
+class HeadOutput:
+    logits: torch.Tensor  # readout(z); z itself when the head has no readout
+    # (B,) mean of std^2 over a sample's embedding elements (the paper's hardness score); None for
+    # a deterministic head.
+    variance: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None  # z; None where the one-pass decode folds it away
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # what `losses` needs
+
+
+class PooledLinear(nn.Linear):
+    """Global average pooling of a map (B, C, h, w), then Linear: the SURF network's classifier."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.mean(dim=(2, 3)))
+
+
+def _norm(dim: int, dense: bool) -> nn.Module:
+    return nn.BatchNorm2d(dim) if dense else nn.BatchNorm1d(dim)
+
+
+class Head(nn.Module):
+    """Base of the heads. `projection()` builds one projection (a head may need several);
+    `readout()`, built last, maps z to logits; `dense` heads work on maps (B, E, h, w)."""
+
+    config_class: ClassVar[type[Strict]]
+    provides_variance: ClassVar[bool] = False
+
+    def forward(self, *inputs: torch.Tensor) -> HeadOutput:
+        raise NotImplementedError
+
+    def forward_many(self, features: torch.Tensor, masks: torch.Tensor) -> list[HeadOutput]:
+        """Every combination of masks (C, M) at once, for a `MaskedLinearFusion` projection on
+        features (B, M, D): exactly `forward(features, mask)` per combination, in one pass."""
+        raise NotImplementedError
+
+    def losses(self, extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head's weighted loss terms, from the extras of its output."""
+        return {}
+
+    def _linear_readout(self) -> nn.Linear | None:
+        """The readout when the one-pass decode can fold it (a Linear on vectors), else None."""
+        readout = self.readout
+        return readout if type(readout) is nn.Linear else None
+
+
+class DeterministicHead(Head):
+    """ModDrop's head: projection -> BatchNorm (optional) -> readout. Without a projection
+    (`projection=None`) z is the input itself and there is no norm."""
+
+    config_class = DeterministicHeadConfig
+
+    def __init__(
+        self,
+        config: DeterministicHeadConfig,
+        projection: Callable[[], nn.Module] | None,
+        dim: int,
+        readout: Callable[[], nn.Module] | None = None,
+        dense: bool = False,
+    ) -> None:
+        super().__init__()
+        self.proj = projection() if projection is not None else nn.Identity()
+        use_norm = config.mu_norm and projection is not None
+        self.norm = _norm(dim, dense) if use_norm else nn.Identity()
+        self.readout = readout() if readout is not None else nn.Identity()
+
+    def forward(self, *inputs: torch.Tensor) -> HeadOutput:
+        embedding = self.norm(self.proj(*inputs))
+        return HeadOutput(logits=self.readout(embedding), embedding=embedding)
+
+    def forward_many(self, features: torch.Tensor, masks: torch.Tensor) -> list[HeadOutput]:
+        assert isinstance(self.proj, MaskedLinearFusion)
+        readout = self._linear_readout()
+        logits = fused_many(self.proj, self.norm, features, masks, head=readout)
+        if readout is None:
+            logits = self.readout(logits.flatten(0, 1)).unflatten(0, logits.shape[:2])
+        return [HeadOutput(logits=x) for x in logits]
+
+
+class GaussianHead(Head):
+    """DMRNet's head: mu and logvar projections (each its own), optional BatchNorms, sampling in
+    training and the mean in evaluation, the KL term and the per-sample variance.
+
+    `kl_reduction` for maps: "mean-pixels" sums the KL over channels and averages it over batch and
+    locations (the paper's segmentation code); "sum" sums it over channels and locations (its
+    face-anti-spoofing code). Vectors: both sum over channels and average over the batch.
+    """
+
+    config_class = GaussianHeadConfig
+    provides_variance = True
+
+    def __init__(
+        self,
+        config: GaussianHeadConfig,
+        projection: Callable[[], nn.Module],
+        dim: int,
+        readout: Callable[[], nn.Module] | None = None,
+        dense: bool = False,
+        kl_reduction: KLReduction = "mean-pixels",
+    ) -> None:
+        super().__init__()
+        self.kl_weight = config.kl_weight
+        self.kl_reduction = kl_reduction
+        self.mu_proj = projection()
+        self.logvar_proj = projection()
+        self.mu_norm = _norm(dim, dense) if config.mu_norm else nn.Identity()
+        self.logvar_norm = _norm(dim, dense) if config.logvar_norm else nn.Identity()
+        # The bias that sets the initial logvar: BatchNorm's shift when the head is normalized
+        # (a projection bias would be cancelled by the normalization), else the projection's.
+        initial = self.logvar_norm if config.logvar_norm else self.logvar_proj
+        with torch.no_grad():
+            initial.bias.fill_(config.logvar_init_bias)
+        self.readout = readout() if readout is not None else nn.Identity()
+
+    def sample(self, mu_pre: torch.Tensor, logvar_pre: torch.Tensor) -> HeadOutput:
+        """Normalize the projected (N, E) or (N, E, h, w) features, sample z, read out."""
+        mu = self.mu_norm(mu_pre)
+        logvar = self.logvar_norm(logvar_pre).clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return HeadOutput(
+            logits=self.readout(z),
+            variance=logvar.exp().flatten(1).mean(1),
+            embedding=z,
+            extras={"mu": mu, "logvar": logvar},
+        )
+
+    def forward(self, *inputs: torch.Tensor) -> HeadOutput:
+        return self.sample(self.mu_proj(*inputs), self.logvar_proj(*inputs))
+
+    def forward_many(self, features: torch.Tensor, masks: torch.Tensor) -> list[HeadOutput]:
+        assert isinstance(self.mu_proj, MaskedLinearFusion)
+        assert isinstance(self.logvar_proj, MaskedLinearFusion)
+        count, batch = masks.shape[0], features.shape[0]
+        readout = self._linear_readout()
+        if self.training or readout is None:  # sampling (or a readout that does not fold)
+            output = self.sample(
+                self.mu_proj.forward_many(features, masks).flatten(0, 1),
+                self.logvar_proj.forward_many(features, masks).flatten(0, 1),
+            )
+            logits = output.logits.unflatten(0, (count, batch))
+            variance = output.variance.unflatten(0, (count, batch))
+        else:
+            # Evaluation predicts from mu; mu -> logits is affine, so it folds (see fused_many).
+            logits = fused_many(self.mu_proj, self.mu_norm, features, masks, head=readout)
+            logvar = fused_many(self.logvar_proj, self.logvar_norm, features, masks)
+            # In place: this (C, B, E) tensor is the largest of the evaluation.
+            variance = logvar.clamp_(-LOGVAR_BOUND, LOGVAR_BOUND).exp_().mean(-1)  # (C, B)
+        return [HeadOutput(logits=x, variance=v) for x, v in zip(logits, variance, strict=True)]
+
+    def losses(self, extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mu, logvar = extras["mu"], extras["logvar"]
+        if self.kl_reduction == "sum":
+            # Sum over every element of the (E, h, w) map, mean over the batch.
+            mu, logvar = mu.flatten(1), logvar.flatten(1)
+        return {"kl": self.kl_weight * gaussian_kl(mu, logvar)}
