@@ -1,12 +1,8 @@
 import pytest
 import torch
-from baseline_checks import (
+from synthetic import (
     batch_of,
     build,
-    check_a_short_training_run_learns,
-    check_any_subset_gives_logits_of_the_right_shape,
-    check_decode_many_equals_decoding_each_combination,
-    check_loss_is_finite_and_reaches_the_parameters,
 )
 
 from dmrnet.methods import METHODS
@@ -15,22 +11,6 @@ from dmrnet.methods.hemis import HeMIS, mean_and_variance
 
 def test_hemis_is_registered():
     assert METHODS.get("hemis") is HeMIS
-
-
-def test_any_subset_gives_logits_of_the_right_shape(make_config):
-    check_any_subset_gives_logits_of_the_right_shape(*build(make_config, "hemis"))
-
-
-def test_loss_is_finite_and_trains_the_parameters(make_config):
-    check_loss_is_finite_and_reaches_the_parameters(*build(make_config, "hemis"))
-
-
-def test_decode_many_equals_decoding_each_combination(make_config):
-    check_decode_many_equals_decoding_each_combination(*build(make_config, "hemis"))
-
-
-def test_a_short_training_run_learns(make_config):
-    check_a_short_training_run_learns(*build(make_config, "hemis"))
 
 
 def test_fusion_is_the_mean_and_unbiased_variance_of_the_used_modalities():

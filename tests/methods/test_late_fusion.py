@@ -1,12 +1,8 @@
 import pytest
 import torch
-from baseline_checks import (
+from synthetic import (
     batch_of,
     build,
-    check_a_short_training_run_learns,
-    check_any_subset_gives_logits_of_the_right_shape,
-    check_decode_many_equals_decoding_each_combination,
-    check_loss_is_finite_and_reaches_the_parameters,
 )
 
 from dmrnet.errors import ConfigError
@@ -19,22 +15,6 @@ def test_late_fusion_is_registered_and_trains_without_modality_dropout(make_conf
     model, _ = build(make_config, "late-fusion")
     present = torch.tensor([[True, False, True], [True, True, True]])
     assert torch.equal(model.training_mask(present), present)
-
-
-def test_any_subset_gives_logits_of_the_right_shape(make_config):
-    check_any_subset_gives_logits_of_the_right_shape(*build(make_config, "late-fusion"))
-
-
-def test_loss_is_finite_and_trains_the_parameters(make_config):
-    check_loss_is_finite_and_reaches_the_parameters(*build(make_config, "late-fusion"))
-
-
-def test_decode_many_equals_decoding_each_combination(make_config):
-    check_decode_many_equals_decoding_each_combination(*build(make_config, "late-fusion"))
-
-
-def test_a_short_training_run_learns(make_config):
-    check_a_short_training_run_learns(*build(make_config, "late-fusion"))
 
 
 def test_a_combination_predicts_the_mean_of_its_classifiers_probabilities(make_config):
