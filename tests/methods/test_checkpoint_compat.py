@@ -1,0 +1,159 @@
+"""Checkpoints written before the head component still load, and the models are unchanged.
+
+`legacy_checkpoints.pt` was recorded with the code of commit d5c99d8 (before nn/heads.py):
+
+    git worktree add /tmp/old d5c99d8
+    PYTHONPATH=/tmp/old/src python tests/methods/test_checkpoint_compat.py
+
+For every method it holds the state_dict after two training steps from seed 0 and the evaluation
+logits of every combination. Today's code must (1) load that state_dict (module names changed;
+`Method.legacy_state_keys` maps them) and predict the same logits, and (2) reproduce the same
+training from seed 0: parameter creation order, hence the random initialization, is unchanged.
+Only APIs that both versions have are used here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dmrnet.data.base import DataSpec
+from dmrnet.methods import METHODS, Method, build_method
+from dmrnet.modalities import ModalitySet
+from dmrnet.tasks import build_task
+
+FIXTURE = Path(__file__).with_name("legacy_checkpoints.pt")
+BATCH = 8
+VECTOR = {
+    "encoder": {"name": "mlp", "options": {"hidden": [16], "dropout": 0.0}},
+    "feature_dim": 8,
+    "embed_dim": 8,
+}
+DENSE = {
+    "encoder": {"name": "resnet", "options": {"depth": 10, "width": 4}},
+    "embed_dim": 8,
+    "decoder_channels": [8, 8, 8],
+    "decoder_blocks": 1,
+    "context_bins": [1],
+}
+SURF = {"depth": 10, "width": 4, "embed_dim": 8}
+FIELDS: dict[str, dict[str, Any]] = {
+    "dmrnet": VECTOR,
+    "moddrop": VECTOR,
+    "hemis": VECTOR,
+    "late-fusion": {k: v for k, v in VECTOR.items() if k != "embed_dim"},
+    "dedicated": VECTOR,
+    "shaspec": {**VECTOR, "adapter_dim": 8},
+    "mmanet": VECTOR,
+    "dmrnet-seg": DENSE,
+    "moddrop-seg": DENSE,
+    "surf-dmrnet": SURF,
+    "surf-moddrop": SURF,
+}
+SHAPES = {"a": (3, 8, 8), "b": (1, 8, 8)}
+
+
+def spec_for(method: str) -> DataSpec:
+    if method in ("dmrnet-seg", "moddrop-seg"):
+        return DataSpec(
+            "maps", ModalitySet(("a", "b")), SHAPES, "segmentation", 3, ignore_index=255
+        )
+    return DataSpec("images", ModalitySet(("a", "b")), SHAPES, "classification", 4)
+
+
+def batch_for(spec: DataSpec) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(1)
+    inputs = {n: torch.randn(BATCH, *s, generator=generator) for n, s in SHAPES.items()}
+    shape = (BATCH, 8, 8) if spec.task == "segmentation" else (BATCH,)
+    target = torch.randint(0, spec.num_classes, shape, generator=generator)
+    return {"inputs": inputs, "present": torch.ones(BATCH, 2, dtype=torch.bool), "target": target}
+
+
+def build(method: str, seed: int) -> Method:
+    spec = spec_for(method)
+    config = METHODS.get(method).config_class(**FIELDS[method])
+    torch.manual_seed(seed)
+    return build_method(config, spec, build_task(spec))
+
+
+def train_and_predict(method: str) -> tuple[Method, list[torch.Tensor]]:
+    """Two training steps from seed 0, then the evaluation logits of every combination."""
+    model = build(method, seed=0)
+    batch = batch_for(model.spec)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    torch.manual_seed(2)
+    for _ in range(2):
+        mask = model.training_mask(batch["present"])
+        output = model.decode(model.encode(batch["inputs"], batch["present"]), mask)
+        optimizer.zero_grad()
+        model.loss(output, batch["target"], mask).total.backward()
+        optimizer.step()
+    return model, predict(model, batch)
+
+
+def predict(model: Method, batch: dict[str, Any]) -> list[torch.Tensor]:
+    model.eval()
+    masks = model.modalities.masks(model.modalities.combinations())
+    with torch.no_grad():
+        features = model.encode(batch["inputs"], batch["present"])
+        return [model.decode(features, mask.expand(BATCH, -1)).logits for mask in masks]
+
+
+def renamed(model: Method, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The legacy keys as today's code names them (the rules of every module that has some)."""
+    state = dict(state)
+    for prefix, module in model.named_modules():
+        rules = getattr(module, "legacy_state_keys", ())
+        start = f"{prefix}." if prefix else ""
+        for key in [k for k in state if k.startswith(start)]:
+            for pattern, replacement in rules:
+                local = key[len(start) :]
+                new = re.sub(pattern, replacement, local, count=1)
+                if new != local:
+                    state[start + new] = state.pop(key)
+                    break
+    return state
+
+
+@pytest.fixture(scope="module")
+def legacy() -> dict[str, Any]:
+    return torch.load(FIXTURE, weights_only=True)
+
+
+@pytest.mark.parametrize("method", sorted(FIELDS))
+def test_a_checkpoint_of_the_previous_version_loads_and_predicts_the_same(legacy, method):
+    model = build(method, seed=1)
+    model.load_state_dict(legacy[method]["state"])
+    batch = batch_for(model.spec)
+    for new, old in zip(predict(model, batch), legacy[method]["logits"], strict=True):
+        assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("method", sorted(FIELDS))
+def test_the_same_seed_gives_the_same_model_and_training_as_the_previous_version(legacy, method):
+    model, logits = train_and_predict(method)
+    old = renamed(model, legacy[method]["state"])
+    state = model.state_dict()
+    assert set(state) == set(old)
+    for key, value in state.items():
+        assert torch.equal(value, old[key]), key
+    for new, previous in zip(logits, legacy[method]["logits"], strict=True):
+        assert torch.equal(new, previous)
+
+
+def test_every_registered_method_is_covered():
+    assert sorted(METHODS) == sorted(FIELDS)
+
+
+if __name__ == "__main__":
+    records = {}
+    for name in FIELDS:
+        trained, predicted = train_and_predict(name)
+        records[name] = {"state": trained.state_dict(), "logits": predicted}
+    torch.save(records, FIXTURE)
+    print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")
