@@ -1,16 +1,12 @@
-"""Methods: DMRNet and the baselines, all behind one interface (see methods/base.py)."""
+"""Methods: DMRNet and the baselines, all behind one interface (see methods/base.py).
 
-from dmrnet.methods import (  # noqa: F401  (registration)
-    dedicated,
-    dense,
-    dmrnet,
-    hemis,
-    late_fusion,
-    mmanet,
-    moddrop,
-    shaspec,
-    surf,
-)
+Importing this package imports every module in it, and each registers its methods: adding a method
+is adding its module, nothing else in the package changes.
+"""
+
+import importlib
+import pkgutil
+
 from dmrnet.methods.base import (
     METHODS,
     EncoderFusionMethod,
@@ -20,6 +16,9 @@ from dmrnet.methods.base import (
     MethodOutput,
     build_method,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "METHODS",
