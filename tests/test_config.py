@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import dmrnet.config
 from dmrnet.config import (
     apply_overrides,
     load_config,
@@ -107,3 +108,21 @@ def test_an_existing_file_wins_over_a_packaged_name(tmp_path, monkeypatch):
     local.write_text((CONFIGS / "handwritten" / "moddrop.yaml").read_text())
     assert resolve_config("handwritten/dmrnet.yaml") == Path("handwritten/dmrnet.yaml")
     assert load_config("handwritten/dmrnet.yaml").model.method == "moddrop"
+
+
+def test_the_config_module_does_not_import_the_methods(make_config):
+    """dmrnet.methods builds on dmrnet.config; an import the other way (even inside a function)
+    would make the two a cycle. The schema of a method is found through the registry by name."""
+    tree = ast.parse(Path(dmrnet.config.__file__).read_text())
+    imported = [
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+        )
+    ]
+    assert imported and not [name for name in imported if name.startswith("dmrnet.methods")]
+    assert parse_config(make_config("moddrop")).model.method == "moddrop"

@@ -66,7 +66,7 @@ class EvaluationReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The results.json schema of shared/DESIGN.md section 3 (values are fractions)."""
+        """The results.json of a run (values are fractions)."""
         data: dict[str, Any] = {
             "dataset": self.dataset,
             "method": self.method,

@@ -1,4 +1,4 @@
-"""Summaries of a metric over modality combinations (shared/DESIGN.md section 3), and the
+"""Summaries of a metric over modality combinations, and the
 presentation-attack-detection metrics of ISO/IEC 30107-3 (APCER, BPCER, ACER)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One small registry type for encoders, methods, datasets and tasks.
 
 Everything that the CLI, configs and benchmarks look up by name goes through a `Registry`, so adding
-a method or a dataset never touches the callers (STYLE.md: the timm pattern).
+a method or a dataset never touches the callers (the pattern of timm's model registry).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ pool. Test pairings and noise come from `split_seed` alone, so runs with differe
 scored on the same test set; training and validation pairings follow the run seed.
 
 Presets. `clean`: the recordings and images as they are (both modalities near-perfect alone).
-`hard` (default; DESIGN.md section 4, measured to make each modality alone clearly weaker than
+`hard` (default; measured to make each modality alone clearly weaker than
 both): the audio is mixed at 0 dB SNR with a recording of a *different* digit of the same split,
 placed at a random (circular) offset, so the spoken digit competes with a distractor of equal
 energy; the image loses its leading principal components holding 90% of the pixel variance
@@ -484,7 +484,7 @@ def build(options: AVDigitsOptions, store: DataStore, val_fraction: float, seed:
         )
 
     # Standardization: one global mean/std per modality (per-pixel scaling of the PCA residual
-    # blew up to |z| ~ 2.5e4 on a few test images, DESIGN.md section 4), from the fixed pairing
+    # blew up to |z| ~ 2.5e4 on a few test images), from the fixed pairing
     # of the training split.
     train = datasets["train"]
     fixed_train = train.fixed_audio if train.fixed_audio is not None else train.fixed_spectrograms()

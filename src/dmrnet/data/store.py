@@ -1,6 +1,6 @@
 """Where dmrnet's data files live, and how they get there.
 
-Two roots, kept apart on purpose (DESIGN.md section 4):
+Two roots, kept apart on purpose:
 
 - the *mirror*: a folder that already holds the files in the data-root layout
   (`handwritten/handwritten_6views.mat`, ...). It comes from `--data-root` or `DMRNET_DATA` and may
