@@ -1,3 +1,4 @@
+import ast
 from pathlib import Path
 
 import pytest
