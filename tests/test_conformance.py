@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import write_synthetic_views
 from dmrnet.config import EncoderConfig
 from dmrnet.data import DATASETS, DataSpec, build_data
 from dmrnet.methods import METHODS, Method, MethodOutput, build_method
@@ -275,7 +274,7 @@ def test_real_missingness_trains_and_absent_inputs_do_not_reach_usable_predictio
 def user_provided_tree(write: Callable[[Path], Any], **options: Any):
     """A fixture for a dataset the user provides as a folder under the data root."""
 
-    def make(tmp: Path) -> tuple[dict[str, Any], Path]:
+    def make(request: pytest.FixtureRequest, tmp: Path) -> tuple[dict[str, Any], Path]:
         write(tmp)
         return options, tmp
 
@@ -283,22 +282,25 @@ def user_provided_tree(write: Callable[[Path], Any], **options: Any):
 
 
 def audio_visual_tree(write: Callable[[Path], Path]):
-    def make(tmp: Path) -> tuple[dict[str, Any], None]:
+    def make(request: pytest.FixtureRequest, tmp: Path) -> tuple[dict[str, Any], None]:
         return {"path": str(write(tmp)), "audio": TINY_AUDIO, "visual": TINY_VISUAL}, None
 
     return make
 
 
-# A small fixture per dataset, tmp_path -> (data.options, data root), written by the dataset tests'
-# writers. A dataset without one is built from the data mirror ($DMRNET_DATA) when the mirror has
-# every file it lists, with the options of MIRROR_OPTIONS (default: its defaults).
-FIXTURES: dict[str, Callable[[Path], tuple[dict[str, Any], Path | None]]] = {
-    "multiview": lambda tmp: ({"path": str(write_synthetic_views(tmp / "views.npz"))}, None),
+# A small fixture per dataset, (request, tmp_path) -> (data.options, data root), written by the
+# dataset tests' writers. A dataset without one is built from the data mirror ($DMRNET_DATA) when
+# the mirror has every file it lists, with the options of MIRROR_OPTIONS (default: its defaults).
+FIXTURES: dict[str, Callable[[pytest.FixtureRequest, Path], tuple[dict[str, Any], Path | None]]] = {
+    "multiview": lambda request, tmp: (
+        {"path": str(request.getfixturevalue("synthetic_file"))},
+        None,
+    ),
     "cremad": audio_visual_tree(cremad_tree),
     "kinetics-sounds": audio_visual_tree(kinetics_sounds_tree),
     "casia-surf": user_provided_tree(write_surf_tree, **FACE_SIZES),
     "cefa": user_provided_tree(write_cefa_tree, **FACE_SIZES, protocol="4@1"),
-    "nyuv2": lambda tmp: (mat_options(write_mat_fixture(tmp)), None),
+    "nyuv2": lambda request, tmp: (mat_options(write_mat_fixture(tmp)), None),
 }
 MIRROR_OPTIONS: dict[str, dict[str, Any]] = {
     "digits-rgbd": {"size": 32, "scenes": 20, "test_scenes": 6},
@@ -339,9 +341,11 @@ def check_item(spec: DataSpec, item: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
-def test_every_dataset_builds_and_yields_items_matching_its_spec(name: str, tmp_path: Path):
+def test_every_dataset_builds_and_yields_items_matching_its_spec(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+):
     if name in FIXTURES:
-        options, root = FIXTURES[name](tmp_path)
+        options, root = FIXTURES[name](request, tmp_path)
     else:
         reason = mirror_files_missing(name)
         if reason is not None:
