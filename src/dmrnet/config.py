@@ -10,10 +10,18 @@ from __future__ import annotations
 import functools
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from dmrnet.checks import describe_yaml_error, format_errors
 from dmrnet.errors import ConfigError
@@ -62,9 +70,33 @@ class ModelConfig(Strict):
     """Fields every method has; each method family extends it with the fields it uses (its
     network's, and its head's section from dmrnet.nn.heads), and nothing else."""
 
+    # Fields that every saved config (config.yaml, a checkpoint's stored config) had before each
+    # family got its own schema, with the default they were saved with. A schema without such a
+    # field drops it when it holds that value, so earlier runs still load; any other value is
+    # an unknown key, as for a config written today.
+    retired_fields: ClassVar[dict[str, Any]] = {
+        "encoder": {"name": "mlp", "options": {}},
+        "encoders": {},
+        "feature_dim": 128,
+        "embed_dim": 128,
+    }
+
     method: str
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     hcr: HCRConfig = Field(default_factory=HCRConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            key: value
+            for key, value in data.items()
+            if key in cls.model_fields
+            or key not in cls.retired_fields
+            or value != cls.retired_fields[key]
+        }
 
 
 class OptimizerConfig(Strict):

@@ -5,10 +5,12 @@
     git worktree add /tmp/old d5c99d8
     PYTHONPATH=/tmp/old/src python tests/methods/test_checkpoint_compat.py
 
-For every method it holds the state_dict after two training steps from seed 0 and the evaluation
-logits of every combination. Today's code must (1) load that state_dict (module names changed;
-`Method.legacy_state_keys` maps them) and predict the same logits, and (2) reproduce the same
-training from seed 0: parameter creation order, hence the random initialization, is unchanged.
+For every method it holds the state_dict after two training steps from seed 0, the evaluation
+logits of every combination and the resolved model config as a run saves it. Today's code must
+(1) load that state_dict (module names changed; `Method.legacy_state_keys` maps them) and predict
+the same logits, (2) reproduce the same training from seed 0: parameter creation order, hence the
+random initialization, is unchanged, and (3) parse the saved config (fields a family no longer
+has: `ModelConfig.retired_fields`).
 Only APIs that both versions have are used here.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 
+from dmrnet.config import parse_config
 from dmrnet.data.base import DataSpec
 from dmrnet.methods import METHODS, Method, build_method
 from dmrnet.modalities import ModalitySet
@@ -146,6 +149,14 @@ def test_the_same_seed_gives_the_same_model_and_training_as_the_previous_version
         assert torch.equal(new, previous)
 
 
+@pytest.mark.parametrize("method", sorted(FIELDS))
+def test_a_config_saved_by_the_previous_version_parses(legacy, method):
+    saved = legacy[method]["config"]
+    config = parse_config({"data": {"name": "images"}, "model": saved}, source="saved")
+    model = build_method(config.model, spec_for(method), build_task(spec_for(method)))
+    model.load_state_dict(legacy[method]["state"])
+
+
 def test_every_registered_method_is_covered():
     assert sorted(METHODS) == sorted(FIELDS)
 
@@ -154,6 +165,7 @@ if __name__ == "__main__":
     records = {}
     for name in FIELDS:
         trained, predicted = train_and_predict(name)
-        records[name] = {"state": trained.state_dict(), "logits": predicted}
+        config = trained.config.model_dump(mode="json")
+        records[name] = {"state": trained.state_dict(), "logits": predicted, "config": config}
     torch.save(records, FIXTURE)
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")
