@@ -30,11 +30,14 @@ def batch_of(dataset: Any, size: int | None = None) -> dict[str, Any]:
     return torch.utils.data.default_collate(items)
 
 
-def train_briefly(model: Method, data: DataSplits, epochs: int = 15, lr: float = 0.01) -> None:
-    """The engine's training step in a plain loop (with the epoch hooks)."""
+def train_briefly(
+    model: Method, data: DataSplits, epochs: int = 15, lr: float = 0.01, stage: str | None = None
+) -> None:
+    """The engine's training step in a plain loop (with the epoch hooks); a staged method trains
+    `stage` (default: its last)."""
     torch.manual_seed(0)
     if isinstance(model, StagedMethod):
-        model.begin_stage(model.training_stages(epochs)[-1].name)
+        model.begin_stage(stage or model.training_stages(epochs)[-1].name)
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     loader = torch.utils.data.DataLoader(data.train, batch_size=32, shuffle=True, drop_last=True)

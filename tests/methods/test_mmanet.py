@@ -52,18 +52,7 @@ def test_loss_is_finite_and_distills_after_the_warm_up(make_config):
 
 def test_a_short_training_run_learns(make_config):
     model, data = build(make_config, "mmanet", warmup_epochs=3)
-    model.begin_stage("teacher")
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.teacher.parameters(), lr=0.01)
-    loader = torch.utils.data.DataLoader(data.train, batch_size=32, shuffle=True, drop_last=True)
-    model.train()
-    for _ in range(8):
-        for batch in loader:
-            mask = model.training_mask(batch["present"])
-            output = model.decode(model.encode(batch["inputs"], batch["present"]), mask)
-            optimizer.zero_grad()
-            model.loss(output, batch["target"], mask).total.backward()
-            optimizer.step()
+    train_briefly(model, data, epochs=8, stage="teacher")
     train_briefly(model, data, epochs=12)  # the student stage, distilled from that teacher
     accuracy = accuracy_per_combination(model, data)
     assert accuracy["a"] > 0.8 and accuracy["a+b+c"] > 0.8 and accuracy["b"] > 0.4, accuracy
