@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from dmrnet.methods import METHODS
 
@@ -70,6 +71,16 @@ def make_config(synthetic_file: Path):
         return tiny_config(synthetic_file, method, **model)
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread: bitwise-reproducible reductions, and faster for tiny
+    tensors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -35,6 +35,8 @@ from test_casia_surf import TINY as FACE_SIZES
 from test_casia_surf import write_cefa_tree, write_surf_tree
 from test_nyuv2 import mat_options, write_mat_fixture
 
+# Tiny tensors: one thread is faster than several (and much faster on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_thread")
 BATCH, SIZE = 8, 8
 
 # -- methods ------------------------------------------------------------------------------------
@@ -150,15 +152,6 @@ def decode_all(model: Method, batch: dict[str, Any]) -> list[MethodOutput]:
     masks = model.modalities.masks(model.modalities.combinations())
     with torch.no_grad():
         return model.decode_many(model.encode(batch["inputs"], batch["present"]), masks)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than several (and much faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=CASES, ids=IDS)

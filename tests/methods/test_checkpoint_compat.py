@@ -29,6 +29,8 @@ from dmrnet.methods import METHODS, Method, build_method
 from dmrnet.modalities import ModalitySet
 from dmrnet.tasks import build_task
 
+# Recorded with one thread; a reduction split over several threads rounds differently.
+pytestmark = pytest.mark.usefixtures("one_thread")
 FIXTURE = Path(__file__).with_name("legacy_checkpoints.pt")
 BATCH = 8
 VECTOR = {
@@ -162,6 +164,7 @@ def test_every_registered_method_is_covered():
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
     records = {}
     for name in FIELDS:
         trained, predicted = train_and_predict(name)
