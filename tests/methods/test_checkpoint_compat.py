@@ -144,9 +144,11 @@ def test_the_same_seed_gives_the_same_model_and_training_as_the_previous_version
     model, logits = train_and_predict(method)
     old = renamed(model, legacy[method]["state"])
     state = model.state_dict()
-    assert set(state) == set(old)
-    for key, value in state.items():
-        assert torch.equal(value, old[key]), key
+    # Every old entry is still there (buffers added since, e.g. the HCR's selection statistics,
+    # are filled in when an old checkpoint loads).
+    assert set(old) <= set(state), sorted(set(old) - set(state))
+    for key in old:
+        assert torch.equal(state[key], old[key]), key
     for new, previous in zip(logits, legacy[method]["logits"], strict=True):
         assert torch.equal(new, previous)
 
