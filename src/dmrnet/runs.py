@@ -33,6 +33,7 @@ from dmrnet.evaluate import EvaluationReport, build_report
 from dmrnet.methods import Method, build_method
 from dmrnet.methods.stages import StagedMethod, TrainingStage
 from dmrnet.modalities import Combination
+from dmrnet.plugins import with_required_plugins
 from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
@@ -113,6 +114,7 @@ def train(
     import lightning.pytorch as pl
 
     run_dir = Path(run_dir)
+    config = with_required_plugins(config)  # recorded, so a fresh process can load the run
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = build_data_for(config, data_root)
     method = build_model(config, data.spec)
