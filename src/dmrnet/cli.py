@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--devices", help="Lightning devices, e.g. 2 (same as --set train.devices)")
     train.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
     train.add_argument("--precision", help="Lightning precision, e.g. bf16-mixed")
-    train.add_argument("--num-nodes", help="machines of a multi-node run (docs/distributed.md)")
+    train.add_argument("--num-nodes", help="machines of a multi-node run (docs/configuration.md)")
     train.set_defaults(func=cmd_train)
 
     evaluate = add_command(

@@ -26,7 +26,7 @@ from dmrnet.data import (
 )
 from dmrnet.data.base import DATASETS, DataSpec, DataSplits
 from dmrnet.data.store import DataStore, RemoteFile
-from dmrnet.errors import ConfigError
+from dmrnet.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
@@ -69,7 +69,16 @@ def build_data(
         raise ConfigError(_describe(error, entry.options.model_fields)) from None
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: must be between 0 and 1, got {val_fraction}")
-    return entry.build(parsed, DataStore(root), val_fraction, seed)
+    splits = entry.build(parsed, DataStore(root), val_fraction, seed)
+    # Training needs two samples (BatchNorm), selection and testing one: say so, not a traceback.
+    sizes = {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)}
+    if sizes["train"] < 2 or min(sizes.values()) < 1:
+        found = ", ".join(f"{count} {split}" for split, count in sizes.items())
+        raise DataError(
+            f"dataset {name!r}: too few samples for training ({found}); it needs at least 2 "
+            "training samples and 1 each for validation (data.val_fraction) and test"
+        )
+    return splits
 
 
 def _describe(error: ValidationError, fields: dict[str, Any]) -> str:

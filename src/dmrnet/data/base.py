@@ -104,7 +104,8 @@ class ArrayMultiModalDataset(Dataset):
         for index, name in enumerate(modalities.names):
             values = torch.as_tensor(np.asarray(arrays[name], dtype=np.float32))
             rows = values[present_t[:, index]]
-            finite = torch.isfinite(rows.reshape(rows.shape[0], -1)).all(-1)
+            # flatten, not reshape(n, -1): a view may be present in no row of a split
+            finite = torch.isfinite(rows).flatten(1).all(-1) if rows.dim() > 1 else rows.isfinite()
             if not bool(finite.all()):
                 bad_row = int(torch.nonzero(present_t[:, index])[int(torch.nonzero(~finite)[0])])
                 raise DataError(
