@@ -8,6 +8,8 @@ LightningModule `LitMethod`.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -40,6 +42,20 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'dmrnet' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule sets it as an attribute of its package: `dmrnet.evaluate` would
+    turn from the API function into the module dmrnet/evaluate.py. An exported name keeps
+    meaning the export (`from dmrnet.evaluate import ...` still finds the module)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
