@@ -28,8 +28,10 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # What each command gets appended so that it finishes in seconds. Later --set values win.
 TINY = {
     "train": ["--set", "train.epochs=1", "--set", "train.progress_bar=false"],
-    "bench": ["--datasets", "handwritten", "--methods", "dmrnet", "--seeds", "0", "--no-speed"]
-    + ["--set", "train.epochs=1"],
+    "bench": [
+        *("--datasets", "handwritten", "--methods", "dmrnet", "--seeds", "0", "--no-speed"),
+        *("--set", "train.epochs=1"),
+    ],
 }
 
 # Commands that are not run, matched by their start, and why.
