@@ -50,9 +50,20 @@ PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]+$")  # CONFIG, RUN_DIR: words the reader
 
 
 def code_blocks(path: Path, languages: tuple[str, ...]) -> list[str]:
-    text = path.read_text()
-    pattern = r"^ *```(" + "|".join(languages) + r")\n(.*?)^ *```"
-    return [match.group(2) for match in re.finditer(pattern, text, re.MULTILINE | re.DOTALL)]
+    """The fenced code blocks of a Markdown file whose info string is one of `languages`
+    ("" for blocks without one), in document order, dedented as a list item indents them."""
+    blocks, current, language, indent = [], [], None, 0
+    for line in path.read_text().splitlines():
+        stripped = line.lstrip()
+        if language is None and stripped.startswith("```"):
+            language, indent, current = stripped[3:].strip(), len(line) - len(stripped), []
+        elif language is not None and stripped.startswith("```"):
+            if language in languages:
+                blocks.append("".join(f"{text[indent:]}\n" for text in current))
+            language = None
+        elif language is not None:
+            current.append(line)
+    return blocks
 
 
 def shell_commands(path: Path) -> list[str]:
