@@ -12,7 +12,6 @@ import torch
 import yaml
 
 import dmrnet
-from conftest import tiny_config, write_synthetic_views
 from dmrnet import plugins
 from dmrnet.cli import main
 from dmrnet.config import parse_config
@@ -38,41 +37,29 @@ def fresh_process(commands: list[list[str]], pythonpath: list[Path]) -> subproce
     )
 
 
-@pytest.fixture(scope="module")
-def plugin_run(tmp_path_factory):
-    """A run trained in this process with the example plugin encoder (`--import tiny_attention`)."""
-    folder = tmp_path_factory.mktemp("plugin")
-    data = folder / "views.npz"
-    write_synthetic_views(data)
-    config = tiny_config(data)
+def test_plugin_encoder_round_trips_through_train_evaluate_and_predict(
+    make_config, synthetic_file, tmp_path, monkeypatch
+):
+    # Train in this process with the example plugin encoder (`--import tiny_attention`).
+    config = make_config()
     config["model"]["encoder"] = {"name": "tiny-attn", "options": {"token_size": 4, "width": 8}}
     config["train"]["epochs"] = 1
-    path = folder / "tiny-attn.yaml"
+    path = tmp_path / "tiny-attn.yaml"
     path.write_text(yaml.safe_dump(config))
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        code = main(
-            ["train", str(path), "--run-dir", str(folder / "run"), "--import", "tiny_attention"]
-        )
-    finally:
-        sys.path.remove(str(EXAMPLE))
-    assert code == 0
-    return folder / "run", data
+    run_dir = tmp_path / "run"
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    assert main(["train", str(path), "--run-dir", str(run_dir), "--import", "tiny_attention"]) == 0
 
-
-def test_a_run_records_the_plugin_modules_it_needs(plugin_run):
-    run_dir, _ = plugin_run
+    # The run records the plugin module it needs, in config.yaml and in the checkpoint.
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["plugins"] == ["tiny_attention"]
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     assert checkpoint["dmrnet"]["config"]["plugins"] == ["tiny_attention"]
 
-
-def test_plugin_run_evaluates_and_predicts_in_a_fresh_process(plugin_run, tmp_path):
-    run_dir, data = plugin_run
-    with np.load(data) as views:
+    # A fresh process evaluates and predicts without --import: the recorded plugin is imported
+    # because it is installed (here: on the path).
+    with np.load(synthetic_file) as views:
         np.savez(tmp_path / "inputs.npz", a=views["a"][:5], c=views["c"][:5])
     predictions = tmp_path / "predictions.csv"
-    # No --import: the run's recorded plugin is imported because it is installed (on the path).
     result = fresh_process(
         [
             ["evaluate", str(run_dir), "--out", str(tmp_path / "eval")],
@@ -86,13 +73,11 @@ def test_plugin_run_evaluates_and_predicts_in_a_fresh_process(plugin_run, tmp_pa
     assert rows[0].startswith("index,prediction") and len(rows) == 6
     assert rows[1].endswith(",a+c")
 
-
-def test_loading_a_run_without_its_plugin_exits_2_naming_the_module(plugin_run):
-    run_dir, _ = plugin_run
-    result = fresh_process([["evaluate", str(run_dir)]], [ROOT / "src"])
-    assert result.returncode == 2
-    assert "needs plugin module 'tiny_attention'" in result.stderr
-    assert "Traceback" not in result.stderr
+    # Where the plugin is not installed, loading the run exits 2 and names the module.
+    missing = fresh_process([["evaluate", str(run_dir)]], [ROOT / "src"])
+    assert missing.returncode == 2
+    assert "needs plugin module 'tiny_attention'" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_import_of_a_missing_module_is_a_one_line_error(capsys):
@@ -104,8 +89,8 @@ def test_import_of_a_missing_module_is_a_one_line_error(capsys):
         dmrnet.load("runs/none", imports=["no_such_dmrnet_plugin"])
 
 
-def test_a_config_can_name_its_plugins(synthetic_file):
-    raw = tiny_config(synthetic_file)
+def test_a_config_can_name_its_plugins(make_config):
+    raw = make_config()
     raw["plugins"] = ["no_such_dmrnet_plugin"]
     with pytest.raises(PluginError, match=r"my\.yaml needs plugin module 'no_such_dmrnet_plugin'"):
         parse_config(raw, source="my.yaml")
@@ -119,9 +104,7 @@ def write_distribution(folder: Path, module: str, value: str) -> None:
     (info / "entry_points.txt").write_text(f"[dmrnet.plugins]\n{module} = {value}\n")
 
 
-def test_entry_point_plugins_are_imported_by_every_config_parse(
-    tmp_path, monkeypatch, synthetic_file
-):
+def test_entry_point_plugins_are_imported_by_every_config_parse(tmp_path, monkeypatch, make_config):
     (tmp_path / "ep_plugin_encoder.py").write_text(
         "from dmrnet.nn import ENCODERS\n"
         "from dmrnet.nn.encoders import build_mlp\n"
@@ -132,7 +115,7 @@ def test_entry_point_plugins_are_imported_by_every_config_parse(
     write_distribution(tmp_path, "ep_plugin_encoder", "ep_plugin_encoder")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
-    raw = tiny_config(synthetic_file)
+    raw = make_config()
     raw["model"]["encoder"]["name"] = "ep-mlp"
     config = parse_config(raw)
     assert "ep-mlp" in ENCODERS
@@ -140,9 +123,9 @@ def test_entry_point_plugins_are_imported_by_every_config_parse(
     assert plugins.required_plugins(config) == ["ep_plugin_encoder"]
 
 
-def test_a_broken_entry_point_plugin_is_named(tmp_path, monkeypatch, synthetic_file):
+def test_a_broken_entry_point_plugin_is_named(tmp_path, monkeypatch, make_config):
     write_distribution(tmp_path, "ep_broken", "ep_broken_missing_module")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
     with pytest.raises(PluginError, match=r"plugin 'ep_broken' \(ep_broken_missing_module"):
-        parse_config(tiny_config(synthetic_file))
+        parse_config(make_config())
