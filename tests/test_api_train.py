@@ -85,8 +85,8 @@ def test_build_module_refuses_methods_that_train_in_stages(make_config):
     ("override", "message"),
     [
         ("train.precision=8", "train.precision: Input should be"),
-        ("train.devices=0", "train.devices: Value error, expected a device count"),
-        ("train.strategy=dpp", "train.strategy: Value error, unknown Lightning strategy"),
+        ("train.devices=0", "train.devices: expected a device count"),
+        ("train.strategy=dpp", "train.strategy: unknown Lightning strategy"),
         ("train.loggers=[csv, wandb]", "train.loggers.1: Input should be 'csv' or 'tensorboard'"),
         ("train.accumulate_grad_batches=0", "train.accumulate_grad_batches: Input should be"),
         ("train.early_stopping.patience=0", "train.early_stopping.patience: Input should be"),

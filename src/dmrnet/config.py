@@ -204,7 +204,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
         elif item["type"] == "missing":
             lines.append(f"{key}: required key is missing")
         else:
-            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix of our own
+            lines.append(f"{key}: {message} (got {item.get('input')!r})")
     return f"{source}: invalid config\n  " + "\n  ".join(lines)
 
 
