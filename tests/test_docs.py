@@ -45,6 +45,10 @@ SKIP = {
     "srun": "needs a SLURM cluster; tests/test_distributed.py runs 2 processes on one machine",
     "dmrnet train handwritten/dmrnet --set train.accelerator=cuda": "needs 2 GPUs; "
     "tests/test_distributed.py trains with --devices 2 --strategy ddp on CPUs",
+    "dmrnet bench throughput --device cuda": "needs a GPU; tests/bench/test_throughput.py times "
+    "tiny models (and on a GPU where there is one)",
+    "OMP_NUM_THREADS=1 dmrnet bench throughput-cpu": "times paper-size models for minutes; "
+    "tests/bench/test_throughput.py runs the same code at tiny sizes",
 }
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]+$")  # CONFIG, RUN_DIR: words the reader replaces
 
