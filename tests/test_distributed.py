@@ -80,3 +80,31 @@ def test_ddp_training_with_two_cpu_processes(make_config, tmp_path):
     report = json.loads((Path(run_dir) / "results.json").read_text())
     assert len(report["combinations"]) == 7
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_torchrun_multi_node_recipe_with_two_nodes_on_one_machine(make_config, tmp_path):
+    """docs/configuration.md's torchrun recipe as two 'nodes' of one CPU process each on this
+    machine (gloo): --num-nodes 2 --devices 1, Lightning reads the ranks from torchrun."""
+    config = make_config("dmrnet")
+    config["train"]["epochs"] = 1
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def node(rank: int) -> subprocess.Popen:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+        torchrun += ["--node-rank", str(rank), "--nproc-per-node", "1"]
+        torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+        dmrnet = ["-m", "dmrnet", "train", str(path), "--run-dir", str(run_dir)]
+        dmrnet += ["--devices", "1", "--num-nodes", "2", "--strategy", "ddp"]
+        return subprocess.Popen(
+            torchrun + dmrnet, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+
+    nodes = [node(0), node(1)]
+    outputs = [process.communicate(timeout=300)[0] for process in nodes]
+    assert [process.returncode for process in nodes] == [0, 0], outputs[0][-3000:]
+    assert "Starting with 2 processes" in outputs[0]
+    assert len(json.loads((run_dir / "results.json").read_text())["combinations"]) == 7

@@ -7,7 +7,7 @@ prediction.labels, prediction.probabilities, prediction.variance
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dmrnet.errors import DataError
+from dmrnet.plugins import import_plugins
 from dmrnet.runs import load_checkpoint
 
 
@@ -89,6 +90,9 @@ class Predictor:
         )
 
 
-def load(path: str | Path) -> Predictor:
-    """Load a run directory (its best checkpoint) or a checkpoint file for prediction."""
+def load(path: str | Path, imports: Sequence[str] = ()) -> Predictor:
+    """Load a run directory (its best checkpoint) or a checkpoint file for prediction.
+
+    `imports`: plugin modules to import first (the ones a run recorded are imported anyway)."""
+    import_plugins(imports)
     return Predictor(path)

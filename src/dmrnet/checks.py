@@ -149,19 +149,31 @@ def check_finite(values: torch.Tensor, present: torch.Tensor, name: str, source:
         )
 
 
+SPLIT_LABELS = {"train": "train", "val": "validation", "test": "test"}
+
+
+def check_split_sizes(sizes: dict[str, int], source: str) -> None:
+    """Training needs two samples (BatchNorm), selection and testing one each; say so where the
+    splits are made, not as a traceback from the first batch."""
+    if sizes["train"] >= 2 and min(sizes.values()) >= 1:
+        return
+    found = ", ".join(f"{sizes[split]} {label}" for split, label in SPLIT_LABELS.items())
+    empty = [split for split in ("val", "test", "train") if sizes[split] == 0]
+    if not empty:
+        reason = "training needs at least 2 samples"
+    elif empty[0] == "val":
+        reason = "the val split has no samples (raise data.val_fraction, or give more samples)"
+    else:
+        reason = f"the {empty[0]} split has no samples"
+    raise DataError(f"{source}: too few samples for training ({found}): {reason}")
+
+
 def check_splits(
     sizes: dict[str, int], targets: dict[str, torch.Tensor] | None, source: str
 ) -> None:
-    """A run needs samples in every split and, for classification, at least two classes to
-    train on and no validation or test class that training never sees."""
-    for split, size in sizes.items():
-        if size == 0:
-            hint = (
-                " (raise data.val_fraction, or give more training samples)"
-                if split == "val"
-                else ""
-            )
-            raise DataError(f"{source}: the {split} split has no samples{hint}")
+    """A run needs enough samples in every split (`check_split_sizes`) and, for classification,
+    at least two classes to train on and no validation or test class that training never sees."""
+    check_split_sizes(sizes, source)
     if targets is None:
         return
     trained = set(torch.unique(targets["train"]).tolist())

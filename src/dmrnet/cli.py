@@ -1,14 +1,16 @@
-"""Command line: dmrnet train | evaluate | predict | datasets | bench."""
+"""Command line: dmrnet train | evaluate | predict | datasets | configs | bench."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from dmrnet import __version__
 from dmrnet.errors import DataError, DmrnetError, RunInterrupted
 
 
@@ -18,15 +20,24 @@ def _console() -> Any:
     return Console()
 
 
+TRAINER_FLAGS = {  # train's argparse dest -> key under `train.`
+    "devices": "devices",
+    "strategy": "strategy",
+    "precision": "precision",
+    "num_nodes": "num_nodes",
+}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dmrnet.config import load_config
     from dmrnet.runs import resume_config, train
 
     overrides = list(args.set)
-    if args.devices is not None:
-        overrides.append(f"train.devices={args.devices}")
-    if args.strategy is not None:
-        overrides.append(f"train.strategy={args.strategy}")
+    # The Trainer flags are shorthands for their config keys (and win over --set).
+    for flag, key in TRAINER_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
     if args.resume:
         if args.config or args.run_dir:
             raise DmrnetError(
@@ -163,6 +174,29 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from dmrnet.bench.suite import SUITES_DIR
+    from dmrnet.config import packaged_configs, read_yaml, resolve_config
+
+    table = Table(title="packaged configs (dmrnet train NAME)")
+    for column in ("name", "dataset", "method"):
+        table.add_column(column)
+    for name in packaged_configs():
+        raw = read_yaml(resolve_config(name))
+        table.add_row(name, str(raw["data"]["name"]), str(raw["model"]["method"]))
+    _console().print(table)
+    suites = Table(title="packaged benchmark suites (dmrnet bench NAME)")
+    suites.add_column("name")
+    suites.add_column("description")
+    for path in sorted(SUITES_DIR.glob("*.yaml")):
+        description = str(read_yaml(path).get("description", "")).strip()
+        suites.add_row(path.stem, description.split(". ")[0])
+    _console().print(suites)
+    return 0
+
+
 def _csv_list(values: list[str] | None) -> list[str] | None:
     return [v.strip() for part in values for v in part.split(",") if v.strip()] if values else None
 
@@ -222,9 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Robust multimodal learning under missing modalities (DMRNet, ECCV 2024).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    parser.add_argument("--version", action="version", version=f"dmrnet {__version__}")
+    # Every command takes --import (plugins register encoders, methods, datasets; see plugins.py).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a plugin module first, e.g. one that registers an encoder (repeatable)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    train = commands.add_parser(
+    train = add_command(
         "train",
         help="train a config, then evaluate every modality combination on the test split",
         description="Train CONFIG into a run directory (config, checkpoints, logs), then "
@@ -252,9 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
     train.add_argument("--devices", help="Lightning devices, e.g. 2 (same as --set train.devices)")
     train.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
+    train.add_argument("--precision", help="Lightning precision, e.g. bf16-mixed")
+    train.add_argument("--num-nodes", help="machines of a multi-node run (docs/configuration.md)")
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser(
+    evaluate = add_command(
         "evaluate",
         help="evaluate a trained run on every (or given) modality combination",
         description="Evaluate RUN_DIR_OR_CHECKPOINT; writes results.json/.csv/.md/.png into "
@@ -274,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = commands.add_parser(
+    predict = add_command(
         "predict",
         help="predict from an input file holding any subset of modalities",
         description="INPUT_FILE is .npz or .mat with one array per modality (samples as rows); "
@@ -289,13 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(func=cmd_predict)
 
-    datasets = commands.add_parser(
+    datasets = add_command(
         "datasets", help="list registered datasets and whether their files are present"
     )
     datasets.add_argument("--data-root", help="data mirror folder (default: $DMRNET_DATA)")
     datasets.set_defaults(func=cmd_datasets)
 
-    bench = commands.add_parser(
+    configs = add_command(
+        "configs", help="list the configs and benchmark suites shipped with dmrnet"
+    )
+    configs.set_defaults(func=cmd_configs)
+
+    bench = add_command(
         "bench",
         help="run a benchmark suite: methods x datasets x seeds, with a report",
         description="Train every method of SUITE on every dataset and seed (finished runs are "
@@ -339,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
+        if args.imports:
+            from dmrnet.plugins import import_plugins
+
+            import_plugins(args.imports)
         return int(args.func(args))
     except RunInterrupted as error:
         print(f"error: {error}", file=sys.stderr)

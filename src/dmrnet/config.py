@@ -118,39 +118,55 @@ class SchedulerConfig(Strict):
 # The values Lightning's Trainer accepts, checked here so that a typo is a config error naming the
 # key before anything is built (the strategy name and the accelerator's presence are checked
 # against Lightning's registries when a run is planned, see runs.check_trainer).
-Precision = Literal[
-    "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "32", "16", "bf16"
-]
-Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
+Precision = Literal["32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
+# Lightning's short spellings, normalized so a stored config always names the full mode.
+PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+class EarlyStoppingConfig(Strict):
+    """Stop a fit when `monitor` has not improved for `patience` validation epochs."""
+
+    patience: int | None = Field(None, ge=1, description="validation epochs; None: off")
+    monitor: str | None = Field(None, description="a logged metric; None: checkpoint selection")
+    mode: Literal["max", "min"] | None = Field(
+        None, description="None: as checkpoint selection, or min for a loss"
+    )
+    min_delta: float = Field(0.0, ge=0.0)
 
 
 class TrainConfig(Strict):
     epochs: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="per device (and per node)")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     precision: Precision = "32-true"
-    accelerator: Accelerator = "cpu"
-    devices: int | str = Field(1, description="a count, -1 (all), 'auto' or a list '0,1'")
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps", "tpu"] = "cpu"
+    devices: int | str | list[int] = Field(1, description="count, -1 / auto (all), or ids")
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
-    gradient_clip: float | None = Field(None, gt=0.0)
-    deterministic: bool = False
+    gradient_clip: float | None = Field(None, gt=0.0, description="gradient norm clip")
+    accumulate_grad_batches: int = Field(1, ge=1)
+    deterministic: bool | Literal["warn"] = False
+    loggers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"])
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     log_every_n_steps: int = Field(10, ge=1)
     progress_bar: bool = True
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_alias(cls, value: Any) -> Any:
+        return PRECISION_ALIASES.get(str(value), value)
+
     @field_validator("devices")
     @classmethod
-    def _devices(cls, value: int | str) -> int | str:
-        if isinstance(value, int):
-            if value == -1 or value >= 1:
-                return value
-            raise ValueError("devices must be a count >= 1 or -1 (all)")
-        text = value.strip()
-        indices = [part.strip() for part in text.split(",") if part.strip()]
-        if text == "auto" or (indices and all(part.lstrip("-").isdigit() for part in indices)):
-            return text
-        raise ValueError("devices must be a count, -1, 'auto' or device indices such as '0,1'")
+    def _check_devices(cls, value: int | str | list[int]) -> int | str | list[int]:
+        if isinstance(value, int) and (value >= 1 or value == -1):
+            return value
+        if isinstance(value, list) and value and all(i >= 0 for i in value):
+            return value
+        if isinstance(value, str) and (value == "auto" or _is_id_list(value)):
+            return value
+        raise ValueError("expected a device count >= 1, -1 or 'auto' (all), or ids like [0, 1]")
 
     @field_validator("strategy")
     @classmethod
@@ -158,6 +174,19 @@ class TrainConfig(Strict):
         if not value.strip():
             raise ValueError("strategy must name a Lightning strategy, e.g. auto or ddp")
         return value
+
+    @field_validator("loggers")
+    @classmethod
+    def _unique_loggers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a logger is listed twice")
+        return value
+
+
+def _is_id_list(text: str) -> bool:
+    # Lightning's "0,1" (device ids) and "2" (a count given as text).
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return bool(parts) and all(p.isdigit() for p in parts)
 
 
 class EvalConfig(Strict):
@@ -170,6 +199,11 @@ class EvalConfig(Strict):
 class Config(Strict):
     name: str | None = None
     seed: int = 0
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules to import before the config is resolved (dmrnet.plugins); a run "
+        "records here every plugin module it needs",
+    )
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -199,6 +233,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(
             f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
         )
+    _import_config_plugins(raw, source)
     model = raw.get("model")
     if not isinstance(model, dict) or "method" not in model:
         raise ConfigError(f"{source}: model.method: required key is missing")
@@ -210,6 +245,17 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         return config_class.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_errors(error, source)) from None
+
+
+def _import_config_plugins(raw: dict[str, Any], source: str) -> None:
+    """Plugins first: the method, encoders and dataset a config names may come from them."""
+    from dmrnet.plugins import import_plugins, load_entry_point_plugins
+
+    load_entry_point_plugins()
+    plugins = raw.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{source}: plugins: expected a list of module names, got {plugins!r}")
+    import_plugins(plugins, needed_by=source)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

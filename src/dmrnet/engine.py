@@ -18,19 +18,21 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 
-from dmrnet.config import Config, OptimizerConfig, SchedulerConfig
+from dmrnet.config import Config, OptimizerConfig, SchedulerConfig, TrainConfig
 from dmrnet.data.base import spec_to_dict
-from dmrnet.errors import NonFiniteError
+from dmrnet.epoch_log import EpochLog
+from dmrnet.errors import ConfigError, NonFiniteError
 from dmrnet.evaluate import CombinationEvaluator
 from dmrnet.files import CHECKSUM_SUFFIX, write_with_checksum
 from dmrnet.methods import LossOutput, Method
@@ -330,13 +332,45 @@ def build_trainer(
         precision=train.precision,  # type: ignore[arg-type]
         max_epochs=epochs if epochs is not None else train.epochs,
         gradient_clip_val=train.gradient_clip,
+        accumulate_grad_batches=train.accumulate_grad_batches,
         deterministic=train.deterministic,
-        callbacks=[checkpoint, state],
+        callbacks=[checkpoint, state, EpochLog(), *early_stopping(train, monitor, maximize)],
         plugins=[AtomicCheckpointIO()],
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        logger=build_loggers(train, run_dir),
         log_every_n_steps=min(train.log_every_n_steps, max(1, steps_per_epoch)),
         enable_progress_bar=train.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
     )
+
+
+def early_stopping(train: TrainConfig, monitor: str, maximize: bool) -> list[EarlyStopping]:
+    """`train.early_stopping` as a callback (none while `patience` is unset). It watches the
+    checkpoint's selection metric unless it names another; a loss is minimized."""
+    options = train.early_stopping
+    if options.patience is None:
+        return []
+    watched = options.monitor or monitor
+    mode = options.mode or ("min" if "loss" in watched or not maximize else "max")
+    return [
+        EarlyStopping(
+            monitor=watched, patience=options.patience, mode=mode, min_delta=options.min_delta
+        )
+    ]
+
+
+def build_loggers(train: TrainConfig, run_dir: Path) -> list[Logger]:
+    """The loggers of `train.loggers`, all writing under RUN_DIR/logs."""
+    loggers: list[Logger] = []
+    for name in train.loggers:
+        if name == "csv":
+            loggers.append(CSVLogger(run_dir, name="logs", version=""))
+        elif name == "tensorboard":
+            if not any(find_spec(package) for package in ("tensorboard", "tensorboardX")):
+                raise ConfigError(
+                    "train.loggers: 'tensorboard' needs the tensorboard package: "
+                    "pip install 'dmrnet[tensorboard]' (or drop it from train.loggers)"
+                )
+            loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
+    return loggers

@@ -55,6 +55,7 @@ from dmrnet.files import RunLock, atomic_write, verify_checksum, write_text
 from dmrnet.methods import Method, build_method
 from dmrnet.methods.stages import StagedMethod, TrainingStage
 from dmrnet.modalities import Combination
+from dmrnet.plugins import with_required_plugins
 from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
@@ -172,6 +173,7 @@ def plan(
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir}: is a file, not a directory")
+    config = with_required_plugins(config)  # recorded, so a fresh process can load the run
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = build_data_for(config, data_root)
     check_data(data)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dmrnet.checks import format_errors
+from dmrnet.checks import check_split_sizes, format_errors
 from dmrnet.data import (
     audiovisual,
     avdigits,
@@ -74,4 +74,7 @@ def build_data(
         ) from None
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: must be between 0 and 1, got {val_fraction}")
-    return entry.build(parsed, DataStore(root), val_fraction, seed)
+    splits = entry.build(parsed, DataStore(root), val_fraction, seed)
+    sizes = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}  # type: ignore[arg-type]
+    check_split_sizes(sizes, f"dataset {name!r}")
+    return splits
