@@ -19,14 +19,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
 from dmrnet.config import Config, OptimizerConfig, SchedulerConfig
-from dmrnet.data.base import spec_to_dict
+from dmrnet.data.base import CHECKPOINT_FORMAT, spec_to_dict
 from dmrnet.evaluate import CombinationEvaluator
 from dmrnet.methods import LossOutput, Method
 from dmrnet.metrics import summarize
 
 log = logging.getLogger("dmrnet")
 
-CHECKPOINT_FORMAT = 1
 MONITOR = "val/mean"
 
 

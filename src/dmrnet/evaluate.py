@@ -20,7 +20,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dmrnet.metrics import summarize
 from dmrnet.modalities import Combination, ModalitySet
 
 RESULT_FILES = ("results.json", "results.csv", "results.md", "results.png")
@@ -56,6 +55,8 @@ class EvaluationReport:
 
     def summary(self, metric: str | None = None) -> dict[str, float | None]:
         metric = metric or self.metric
+        from dmrnet.metrics import summarize  # lazy: torchmetrics is slow to import
+
         return summarize(
             self.values(metric),
             [r.combination for r in self.results],

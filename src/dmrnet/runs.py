@@ -26,8 +26,7 @@ import torch
 
 from dmrnet.config import Config, load_config, parse_config, save_config
 from dmrnet.data import DataSplits, build_data
-from dmrnet.data.base import DataSpec, spec_from_dict
-from dmrnet.engine import CHECKPOINT_FORMAT, LitMethod, build_trainer, make_loader
+from dmrnet.data.base import CHECKPOINT_FORMAT, DataSpec, spec_from_dict
 from dmrnet.errors import CheckpointError, ConfigError, DmrnetError
 from dmrnet.evaluate import EvaluationReport, build_report
 from dmrnet.methods import Method, build_method
@@ -111,6 +110,8 @@ def train(
     `STAGE_DONE` and its best weights are loaded before the next stage begins.
     """
     import lightning.pytorch as pl
+
+    from dmrnet.engine import LitMethod, build_trainer, make_loader  # Lightning: not at load
 
     run_dir = Path(run_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -285,6 +286,8 @@ def evaluate_model(
 ) -> EvaluationReport:
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
+    from dmrnet.engine import make_loader
+
     dataset = getattr(data, split)
     loader = make_loader(dataset, config.eval.batch_size, False, config.data.num_workers)
     if combinations is None and config.eval.combinations:
