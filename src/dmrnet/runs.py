@@ -7,6 +7,7 @@ RUN_DIR/
   logs/metrics.csv       per-step and per-epoch logs (losses, val summaries, HCR statistics)
   train.log              the run's log lines
   results.{json,csv,md,png}  every-combination evaluation on the test split
+  MODEL_CARD.md          dataset, inputs, method, per-combination summary, intended use, limits
   predictions.png        dense tasks (segmentation): a few test samples, predicted under each
                          combination
   stages/<name>/         earlier stages of a multi-stage method (e.g. MMANet's teacher): their
@@ -32,6 +33,7 @@ from dmrnet.evaluate import EvaluationReport, build_report
 from dmrnet.methods import Method, build_method
 from dmrnet.methods.stages import StagedMethod, TrainingStage
 from dmrnet.modalities import Combination
+from dmrnet.model_card import write_model_card
 from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
@@ -195,6 +197,7 @@ def train(
     report = evaluate_model(loaded.method, loaded.config, data, "test")
     report.write(run_dir)
     write_pictures(loaded.method, data.test, report, run_dir)
+    write_model_card(run_dir, loaded.config, loaded.spec, report)
     return report
 
 

@@ -201,7 +201,10 @@ class SegmentationTask(Task):
     ) -> Path | None:
         from dmrnet.visualize import prediction_grid
 
-        return prediction_grid(method, dataset, combinations, path)
+        # The picture lies in the run directory: its name titles the picture.
+        return prediction_grid(
+            method, dataset, combinations, path, run_name=path.resolve().parent.name
+        )
 
     def write_predictions(
         self, prediction: Any, out_dir: Path, spec: DataSpec

@@ -6,12 +6,14 @@
 - `write_masks`: colour masks of `dmrnet predict` (one PNG per sample), the label maps and the
   colour legend.
 
-Colours come from a fixed palette (the PASCAL VOC colour map: class 0 black, then distinct
-colours), so the same class has the same colour in every picture; ignored pixels are light grey.
+Colours come from a fixed palette (class 0 black, then 19 colours chosen to be told apart, then
+evenly spread hues), so the same class has the same colour in every picture; ignored pixels are
+light grey. `size_colour` gives combination sizes the same colours in every chart.
 """
 
 from __future__ import annotations
 
+import colorsys
 import csv
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,18 +26,34 @@ from PIL import Image
 IGNORE_COLOUR = (200, 200, 200)
 
 
+# Sasha Trubetskoy's "20 simple, distinct colours" without grey (too close to the ignore grey).
+# The PASCAL VOC map used before gave digits-rgbd's classes 1, 8 and 9 three near-identical reds.
+DISTINCT = (
+    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+    "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3",
+    "#808000", "#ffd8b1", "#000075",
+)  # fmt: skip
+
+
 def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 colours: the PASCAL VOC bit-interleaving colour map."""
+    """(num_classes, 3) uint8 colours: black, the DISTINCT colours, then golden-ratio hues."""
     colours = np.zeros((num_classes, 3), dtype=np.uint8)
-    for index in range(num_classes):
-        code, red, green, blue = index, 0, 0, 0
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        colours[index] = (red, green, blue)
+    for index in range(1, num_classes):
+        if index <= len(DISTINCT):
+            code = DISTINCT[index - 1]
+            colours[index] = [int(code[i : i + 2], 16) for i in (1, 3, 5)]
+        else:
+            hue = (index * 0.618033988749895) % 1.0
+            value = 0.95 if index % 2 else 0.65  # alternate brightness: neighbours differ more
+            colours[index] = [round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, value)]
     return colours
+
+
+def size_colour(size: int) -> str:
+    """The colour of combinations of `size` modalities, the same in every chart (tab10)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](size - 1 if size <= 10 else 9)
 
 
 def colorize(labels: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
@@ -50,15 +68,18 @@ def colorize(labels: np.ndarray, num_classes: int, ignore_index: int | None = No
 
 
 def modality_image(values: torch.Tensor | np.ndarray) -> tuple[np.ndarray, str | None]:
-    """A modality sample (C, H, W) or (H, W) for display, scaled to [0, 1] per image: three
-    channels as colour, else the first channel with a colour map (returned as its name)."""
+    """A modality sample (C, H, W) or (H, W) for display: three channels as colour, scaled to
+    [0, 1] per image; else the first channel in its own units, with a colour map (returned as
+    its name) whose colour bar then reads in those units (e.g. depth)."""
     array = np.asarray(values, dtype=np.float32)
     if array.ndim == 2:
         array = array[None]
-    image = np.transpose(array[:3], (1, 2, 0)) if array.shape[0] >= 3 else array[0]
+    if array.shape[0] < 3:
+        return array[0], "viridis"
+    image = np.transpose(array[:3], (1, 2, 0))
     low, high = float(np.min(image)), float(np.max(image))
     image = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    return image, None if image.ndim == 3 else "viridis"
+    return image, None
 
 
 def _spread(count: int, available: int) -> list[int]:
@@ -74,6 +95,7 @@ def prediction_grid(
     combinations: Sequence[tuple[int, ...]],
     path: str | Path,
     count: int = 4,
+    run_name: str | None = None,
 ) -> Path:
     """Rows: `count` samples of `dataset`; columns: each modality, the ground truth, and the
     prediction under each combination (blank where a sample lacks a modality it uses)."""
@@ -102,7 +124,11 @@ def prediction_grid(
     predictions = [method.task.predict(o.logits).cpu().numpy() for o in outputs]
 
     classes, ignore = spec.num_classes, spec.ignore_index
-    titles = [*modalities.names, "ground truth", *(modalities.format(c) for c in combinations)]
+    titles = [
+        *(f"input: {name}" for name in modalities.names),
+        "truth",
+        *(f"predicted from\n{modalities.format(c)}" for c in combinations),
+    ]
     fig, axes = plt.subplots(
         len(samples), len(titles), figsize=(1.9 * len(titles), 1.9 * len(samples) + 0.9)
     )
@@ -123,15 +149,22 @@ def prediction_grid(
             if image is None:
                 ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes)
             else:
-                ax.imshow(image, cmap=cmap, interpolation="nearest")
+                shown = ax.imshow(image, cmap=cmap, interpolation="nearest")
+                if cmap is not None:  # a single-channel input (depth): its values' colour bar
+                    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+                    bar.ax.tick_params(labelsize=6)
             if row == 0:
-                ax.set_title(titles[column], fontsize=9)
+                ax.set_title(titles[column], fontsize=8)
     if classes <= 40:
         names = spec.class_names or tuple(str(i) for i in range(classes))
         colours = palette(classes) / 255.0
         handles = [Patch(color=colours[i], label=names[i]) for i in range(classes)]
         fig.legend(handles=handles, loc="lower center", ncol=min(classes, 11), fontsize=7)
-    fig.suptitle(f"{method.config.method} on {spec.name}: predictions per combination", fontsize=10)
+    fig.suptitle(
+        f"{run_name or method.config.method} ({method.config.method} on {spec.name}): "
+        "inputs, truth and the prediction from each combination",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.08 if classes <= 40 else 0, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -166,4 +199,11 @@ def write_masks(prediction: Any, out_dir: str | Path, spec: Any) -> list[Path]:
     return [*written, out_dir / "labels.npz", out_dir / "classes.csv"]
 
 
-__all__: list[Any] = ["colorize", "modality_image", "palette", "prediction_grid", "write_masks"]
+__all__: list[Any] = [
+    "colorize",
+    "modality_image",
+    "palette",
+    "prediction_grid",
+    "size_colour",
+    "write_masks",
+]
