@@ -93,11 +93,15 @@ def _export_program(
     try:
         return torch.export.export(model, inputs, dynamic_shapes=(_dynamic_batch(len(inputs)),))
     except Exception as error:  # torch raises many types for untraceable code
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DmrnetError(
             f"method {model.method.config.method!r} cannot be exported without data-dependent "
-            f"control flow: {first}"
+            f"control flow: {_first_line(error)}"
         ) from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _write_onnx(model: DeployedModel, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
@@ -176,7 +180,15 @@ def export(run: str | Path, fmt: str = "onnx", out: str | Path | None = None) ->
     model = DeployedModel(predictor).eval()
     with torch.no_grad(), _quiet_exporters():
         FORMATS[fmt].write(model, example_inputs(predictor), path)
-        differences = compare_combinations(predictor, load_exported(path), check_samples(predictor))
+        try:
+            exported = load_exported(path)
+            differences = compare_combinations(predictor, exported, check_samples(predictor))
+        except Exception as error:  # e.g. a traced graph that baked in one batch's routing
+            path.unlink()
+            raise DmrnetError(
+                f"the {fmt} export of {predictor.config.model.method!r} fails on a new batch "
+                f"({_first_line(error)}); nothing written"
+            ) from None
     worst = max(differences, key=differences.__getitem__)
     if not differences[worst] <= TOLERANCE:
         path.unlink()
