@@ -105,16 +105,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{count} predictions written to {folder}/ ({len(files or [])} files)")
         return 0
     out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():
+    if out is None:
+        write_prediction_rows(predictor, predictions, sys.stdout, args.probabilities)
+        return 0
+    if not out.parent.is_dir():
         raise DataError(f"--out {out}: folder {out.parent} does not exist")
-    handle = out.open("w", newline="") if out else sys.stdout
+    # Into a temporary file beside the output, renamed when every row is written: a bad row
+    # in the middle of the input leaves no half-written predictions.
+    partial = out.with_name(f".{out.name}.partial")
     try:
-        count = write_prediction_rows(predictor, predictions, handle, args.probabilities)
+        with partial.open("w", newline="") as handle:
+            count = write_prediction_rows(predictor, predictions, handle, args.probabilities)
+        partial.replace(out)
     finally:
-        if out:
-            handle.close()
-    if out:
-        print(f"{count} predictions written to {out}")
+        partial.unlink(missing_ok=True)
+    print(f"{count} predictions written to {out}")
     return 0
 
 

@@ -235,7 +235,7 @@ def _read_mat(path: Path, shapes: Mapping[str, tuple[int, ...]], batch_size: int
 
     try:
         contents = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
-    except (OSError, ValueError, NotImplementedError) as error:
+    except (OSError, ValueError, NotImplementedError, scipy.io.matlab.MatReadError) as error:
         raise DataError(f"{path}: cannot read input file: {error}") from None
     arrays = {key: contents[key] for key in shapes if key in contents}
     if not arrays:
