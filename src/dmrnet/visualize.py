@@ -13,8 +13,8 @@ light grey. `size_colour` gives combination sizes the same colours in every char
 
 from __future__ import annotations
 
-import colorsys
 import csv
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,18 +35,24 @@ DISTINCT = (
 )  # fmt: skip
 
 
+@functools.cache
+def _palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    colours = [(0, 0, 0)] + [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in DISTINCT]
+    # Beyond those: farthest-point picks from a 7-level RGB grid, each as far as possible from
+    # every colour so far and from the ignore grey (deterministic, so stable across pictures).
+    grid = np.stack(np.meshgrid(*[np.linspace(0, 255, 7)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    taken = np.array([*colours, IGNORE_COLOUR], dtype=float)
+    nearest = np.linalg.norm(grid[:, None] - taken[None], axis=-1).min(1)
+    while len(colours) < num_classes:
+        pick = grid[int(nearest.argmax())]
+        colours.append(tuple(int(c) for c in np.rint(pick)))
+        nearest = np.minimum(nearest, np.linalg.norm(grid - pick, axis=-1))
+    return tuple(colours[:num_classes])  # type: ignore[arg-type]
+
+
 def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 colours: black, the DISTINCT colours, then golden-ratio hues."""
-    colours = np.zeros((num_classes, 3), dtype=np.uint8)
-    for index in range(1, num_classes):
-        if index <= len(DISTINCT):
-            code = DISTINCT[index - 1]
-            colours[index] = [int(code[i : i + 2], 16) for i in (1, 3, 5)]
-        else:
-            hue = (index * 0.618033988749895) % 1.0
-            value = 0.95 if index % 2 else 0.65  # alternate brightness: neighbours differ more
-            colours[index] = [round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, value)]
-    return colours
+    """(num_classes, 3) uint8 colours: black, the DISTINCT colours, then far-apart grid colours."""
+    return np.array(_palette(num_classes), dtype=np.uint8).reshape(num_classes, 3)
 
 
 def size_colour(size: int) -> str:
