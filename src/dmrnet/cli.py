@@ -418,14 +418,24 @@ KNOWN_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
 ADVERTISEMENTS = ("litlogger",)
 
 
+class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one console handler of dmrnet's and Lightning's messages (to standard error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.addFilter(lambda record: not any(ad in record.getMessage() for ad in ADVERTISEMENTS))
+
+
 def configure_console(quiet: bool, verbose: bool) -> None:
-    """One console handler (root) for dmrnet's and Lightning's messages, at the chosen level."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", force=True)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(
-            lambda record: not any(ad in record.getMessage() for ad in ADVERTISEMENTS)
-        )
+    """Install one ConsoleHandler on the root logger (replacing a previous main()'s), at the
+    chosen level, and silence the known warnings. Other handlers (a run's train.log, pytest's)
+    stay."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, ConsoleHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(ConsoleHandler())
+    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     for pattern in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
 
