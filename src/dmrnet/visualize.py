@@ -159,6 +159,7 @@ def prediction_grid(
                 if cmap is not None:  # a single-channel input (depth): its values' colour bar
                     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
                     bar.ax.tick_params(labelsize=6)
+                    bar.set_label(f"{titles[column].removeprefix('input: ')} value", fontsize=6)
             if row == 0:
                 ax.set_title(titles[column], fontsize=8)
     if classes <= 40:
