@@ -107,15 +107,18 @@ def _first_line(error: Exception) -> str:
 def _write_onnx(model: DeployedModel, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
     program = _export_program(model, inputs)
     names = [*model.names, MASK_INPUT]
-    onnx_program = torch.onnx.export(
-        program,
-        inputs,
-        input_names=names,
-        output_names=[OUTPUT],
-        dynamo=True,
-        verbose=False,
-    )
+    try:
+        onnx_program = torch.onnx.export(
+            program, inputs, input_names=names, output_names=[OUTPUT], dynamo=True, verbose=False
+        )
+    except ImportError as error:
+        raise DmrnetError(
+            f"ONNX export needs the export extra ({error}); {INSTALL_EXPORT}"
+        ) from None
     onnx_program.save(str(path))
+
+
+INSTALL_EXPORT = "pip install 'dmrnet[export]' (onnx, onnxscript, onnxruntime)"
 
 
 def _write_torchscript(model: DeployedModel, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
@@ -236,7 +239,11 @@ def load_exported(path: str | Path) -> Callable[..., torch.Tensor]:
     name = path.name
     if name.endswith(".onnx"):
         import numpy as np
-        import onnxruntime
+
+        try:
+            import onnxruntime
+        except ImportError:
+            raise DmrnetError(f"loading {path} needs onnxruntime; {INSTALL_EXPORT}") from None
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feeds = [i.name for i in session.get_inputs()]
