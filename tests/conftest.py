@@ -71,3 +71,14 @@ def make_config(synthetic_file: Path):
 def handwritten_available() -> None:
     if not (HANDWRITTEN / "handwritten_6views.mat").is_file():
         pytest.skip("set DMRNET_DATA to the data mirror (CI uses ../shared/data)")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DMRNet run on the synthetic file (views.npz beside it), trained once per module."""
+    from dmrnet.config import parse_config
+    from dmrnet.runs import train
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    train(parse_config(tiny_config(write_synthetic_views(folder / "views.npz"))), folder / "run")
+    return folder / "run"

@@ -27,7 +27,7 @@ from dmrnet.export import (
 )
 from dmrnet.methods import METHODS, build_method
 from dmrnet.modalities import ModalitySet
-from dmrnet.runs import LoadedRun, train
+from dmrnet.runs import LoadedRun
 from dmrnet.tasks import build_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +35,8 @@ onnxruntime = pytest.importorskip("onnxruntime")  # the `export` extra (requirem
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import tiny_config, write_synthetic_views
-
-    folder = tmp_path_factory.mktemp("export")
-    config = tiny_config(write_synthetic_views(folder / "views.npz"))
-    train(parse_config(config), folder / "run")
-    return folder / "run"
+def trained_run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def tiny_predictor(method: str) -> Predictor:

@@ -16,19 +16,13 @@ import torch
 
 import dmrnet
 from dmrnet.cli import main
-from dmrnet.config import parse_config
 from dmrnet.errors import DataError
 from dmrnet.inputs import read_inputs
-from dmrnet.runs import train
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import tiny_config, write_synthetic_views
-
-    folder = tmp_path_factory.mktemp("predict")
-    train(parse_config(tiny_config(write_synthetic_views(folder / "views.npz"))), folder / "run")
-    return folder / "run"
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

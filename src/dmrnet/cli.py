@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append("train.progress_bar=false")
         config = load_config(args.config, overrides)
         run_dir = Path(args.run_dir or Path("runs") / (config.name or Path(args.config).stem))
-    untangle_lightning_logging(args.verbose)
+    untangle_lightning_logging(args.quiet)
     report = train(config, run_dir, data_root=args.data_root, resume=bool(args.resume))
     if report is not None:
         if not args.quiet:
@@ -224,7 +224,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.no_speed:
         loaded.suite.speed.enabled = False
-    untangle_lightning_logging(args.verbose)
+    untangle_lightning_logging(args.quiet)
     if not args.verbose:
         # Runs log to their train.log; the console shows the bench's progress.
         for handler in logging.getLogger().handlers:
@@ -399,7 +399,7 @@ def add_console_flags(parser: argparse.ArgumentParser, default: Any) -> None:
         "--verbose",
         action="store_true",
         default=default,
-        help="debug logs and Lightning's own messages",
+        help="debug logs too",
     )
 
 
@@ -443,17 +443,18 @@ def configure_console(quiet: bool, verbose: bool) -> None:
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 
 
-def untangle_lightning_logging(verbose: bool) -> None:
+def untangle_lightning_logging(quiet: bool) -> None:
     """Importing `lightning` adds its own console handler ("INFO: ...") to the `lightning` logger,
     which also propagates to the root handler: every line printed twice. Drop that handler after
-    the import; Lightning's INFO lines (GPU available..., fit stopped...) only with --verbose."""
+    the import. Lightning's INFO lines (GPU available..., DDP start-up) then print once, and not
+    at all with --quiet."""
     import lightning  # noqa: F401
 
     logger = logging.getLogger("lightning")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     for name in LIGHTNING_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
