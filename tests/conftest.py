@@ -107,3 +107,14 @@ def tiny_files() -> tuple[Any, Any]:
     """(write_synthetic_views, tiny_config) for tests that build their own data files and
     configs (a module's `from conftest import` would be ambiguous beside tests/data/conftest.py)."""
     return write_synthetic_views, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DMRNet run on the synthetic file (views.npz beside it), trained once per module."""
+    from dmrnet.config import parse_config
+    from dmrnet.runs import train
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    train(parse_config(tiny_config(write_synthetic_views(folder / "views.npz"))), folder / "run")
+    return folder / "run"

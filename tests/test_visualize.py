@@ -43,12 +43,21 @@ def test_colorize_paints_classes_and_greys_out_the_ignore_index():
     assert tuple(image[1, 1]) == IGNORE_COLOUR
 
 
-def test_modality_images_are_scaled_for_display():
+def test_palette_tells_apart_the_classes_of_small_datasets():
+    # digits-rgbd (11 classes): the VOC map gave classes 1, 8 and 9 near-identical reds (its
+    # closest pair of 11 colours: 64 apart; here above 70, and above 35 for NYUv2's 41).
+    for count, apart in ((12, 70), (41, 35)):
+        colours = palette(count).astype(float)
+        distances = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
+        assert distances[~np.eye(count, dtype=bool)].min() > apart
+
+
+def test_modality_images_colour_is_scaled_and_one_channel_keeps_its_units():
     colour, cmap = modality_image(torch.rand(3, 5, 6) * 40 - 7)
     assert colour.shape == (5, 6, 3) and cmap is None
     assert colour.min() == 0.0 and colour.max() == 1.0
     depth, cmap = modality_image(torch.full((1, 5, 6), 2.0))
-    assert depth.shape == (5, 6) and cmap == "viridis" and depth.max() == 0.0
+    assert depth.shape == (5, 6) and cmap == "viridis" and depth.max() == 2.0  # colour bar units
 
 
 def test_prediction_grid_shows_modalities_truth_and_every_combination(tmp_path: Path):
@@ -105,3 +114,34 @@ def test_write_masks_writes_a_png_per_sample_labels_and_legend(tmp_path: Path):
         assert saved["variance"].tolist() == [0.5, 0.699999988079071]
     rows = (tmp_path / "out" / "classes.csv").read_text().splitlines()
     assert rows[0] == "index,name,red,green,blue" and rows[2].startswith("1,a,")
+
+
+def test_results_plot_starts_at_zero_labels_values_and_counts_and_names_the_run(
+    tmp_path: Path, monkeypatch
+):
+    import matplotlib.pyplot as plt
+
+    from dmrnet.evaluate import CombinationResult, EvaluationReport, plot_report
+    from dmrnet.visualize import size_colour
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    results = [
+        CombinationResult((0,), "rgb", 71, {"accuracy": 0.64}),
+        CombinationResult((1,), "depth", 112, {"accuracy": 0.9}),
+        CombinationResult((0, 1), "rgb+depth", 71, {"accuracy": 0.9775}),
+    ]
+    report = EvaluationReport(
+        "tiny", "dmrnet", "test", MODALITIES, "accuracy", {"accuracy": True}, results
+    )
+    (tmp_path / "my-run").mkdir()
+    plot_report(report, tmp_path / "my-run" / "results.png")
+    (ax,) = figures[0].axes
+    assert ax.get_xlim()[0] == 0.0  # a 64% bar is drawn about 2/3 as long as a 97.75% one
+    labels = [text.get_text() for text in ax.texts]
+    assert labels == [" 64.0% (n=71)", " 90.0% (n=112)", " 97.8% (n=71)"]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["1 modality", "2 modalities", "mean 83.9%"]
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.bbox.x1  # beside the bars, not on them
+    assert ax.patches[0].get_facecolor() == size_colour(1)
+    assert ax.get_title().startswith("my-run: dmrnet on tiny")

@@ -1,98 +1,239 @@
 """Python API: load a trained run and predict from any subset of modalities.
 
-model = dmrnet.load("runs/handwritten")
+model = dmrnet.load("runs/handwritten", device="cpu")
 prediction = model.predict({"pix": pix, "kar": kar})  # the other views are missing
-prediction.labels, prediction.probabilities, prediction.variance
+prediction.labels, prediction.probabilities, prediction.variance, prediction.names()
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from dmrnet.errors import DataError
 from dmrnet.plugins import import_plugins
-from dmrnet.runs import load_checkpoint
+from dmrnet.runs import LoadedRun, load_checkpoint
 
 
 @dataclass
 class Prediction:
-    labels: torch.Tensor  # (B,) predicted class
-    probabilities: torch.Tensor  # (B, K)
+    labels: torch.Tensor  # (B,) predicted class ((B, H, W) for segmentation)
+    probabilities: torch.Tensor  # (B, K) every class's probability ((B, K, H, W))
     # (B,) mean embedding variance: larger = less certain (None for deterministic methods)
     variance: torch.Tensor | None
     present: torch.Tensor  # (B, M) the modalities each prediction used
+    class_names: tuple[str, ...] | None = None  # names of the K classes, where the data has them
+
+    def names(self) -> list[str]:
+        """The predicted class of each sample by name (classification; the index as text where
+        classes have no names)."""
+        return [class_label(self.class_names, int(label)) for label in self.labels.reshape(-1)]
+
+    @staticmethod
+    def concatenate(parts: list[Prediction]) -> Prediction:
+        """One prediction from the predictions of consecutive batches."""
+        if not parts:
+            raise DataError("no predictions to concatenate")
+        variance = [p.variance for p in parts]
+        return Prediction(
+            labels=torch.cat([p.labels for p in parts]),
+            probabilities=torch.cat([p.probabilities for p in parts]),
+            variance=None if variance[0] is None else torch.cat(variance),  # type: ignore[arg-type]
+            present=torch.cat([p.present for p in parts]),
+            class_names=parts[0].class_names,
+        )
+
+
+def class_label(class_names: tuple[str, ...] | None, index: int) -> str:
+    """Class `index` by name, or the index as text where the data has no class names."""
+    return class_names[index] if class_names else str(index)
 
 
 class Predictor:
     """A trained method in evaluation mode, with the run's config and data description."""
 
-    def __init__(self, path: str | Path) -> None:
-        loaded = load_checkpoint(path)
-        self.method = loaded.method
+    def __init__(self, run: str | Path | LoadedRun, device: str | torch.device = "cpu") -> None:
+        """`run`: a run directory (its best checkpoint), a checkpoint file, or a loaded run."""
+        loaded = run if isinstance(run, LoadedRun) else load_checkpoint(run)
+        self.device = _device(device)
+        self.method = loaded.method.to(self.device)
         self.config = loaded.config
         self.spec = loaded.spec
         self.modalities = loaded.spec.modalities
+        self.checkpoint = loaded.checkpoint
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.spec.class_names
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per forward pass by default: the run's evaluation batch size."""
+        return int(self.config.eval.batch_size)
+
+    def probabilities(self, logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (classes on dim 1, also for maps) of logits predicted with the
+        (B, M) modalities `present`. predict and the exported graphs (dmrnet.export) both call
+        this one step, so a calibration of the run applies to both here."""
+        return torch.softmax(logits, dim=1)
 
     @torch.no_grad()
-    def predict(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> Prediction:
+    def predict(
+        self,
+        inputs: Mapping[str, Any],
+        batch_size: int | None = None,
+    ) -> Prediction:
         """Predict from raw (unstandardized) inputs of any subset of modalities.
 
         A missing key means that modality is missing for every sample; a sample whose values
-        for a modality are all NaN has that modality missing (per-sample missingness).
+        for a modality are all NaN has that modality missing (per-sample missingness). An array
+        of one sample's shape (e.g. 1-D for vector data) is a single sample. Rows go through the
+        model `batch_size` at a time (default: the run's evaluation batch size).
         """
+        return Prediction.concatenate(list(self.predict_batches([inputs], batch_size)))
+
+    def predict_batches(
+        self, batches: Iterable[Mapping[str, Any]], batch_size: int | None = None
+    ) -> Iterator[Prediction]:
+        """Predict batch after batch (e.g. from `dmrnet.inputs.read_inputs`), holding one batch
+        at a time, so memory stays bounded however many rows there are; a batch of more than
+        `batch_size` rows is split."""
+        size = self._batch_size(batch_size)
+        start = 0
+        for batch in batches:
+            arrays = self.check_inputs(batch)
+            rows = next(iter(arrays.values())).shape[0]
+            for offset in range(0, rows, size):
+                part = {k: v[offset : offset + size] for k, v in arrays.items()}
+                yield self._predict_batch(part, start + offset)
+            start += rows
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate user inputs: known modalities, numeric arrays of the model's sample shapes,
+        equal sample counts; a single sample gets its batch dimension. Raises DataError."""
         names = self.modalities.names
-        unknown = sorted(set(inputs) - set(names))
+        if not isinstance(inputs, Mapping):
+            raise DataError(
+                f"inputs must be a mapping of modality name to array, got {type(inputs).__name__}"
+            )
+        unknown = sorted(set(inputs) - set(names), key=str)
         if unknown:
             raise DataError(f"unknown modality {unknown[0]!r}; this model knows {'+'.join(names)}")
         if not inputs:
             raise DataError(f"no modality given; this model knows {'+'.join(names)}")
-        tensors = {
-            k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in inputs.items()
+        arrays = {
+            name: _samples(name, inputs[name], tuple(self.spec.input_shapes[name]))
+            for name in names
+            if name in inputs
         }
-        sizes = {k: v.shape[0] if v.dim() > 0 else 0 for k, v in tensors.items()}
-        batch = next(iter(sizes.values()))
+        sizes = {k: v.shape[0] for k, v in arrays.items()}
         if len(set(sizes.values())) != 1:
             raise DataError(f"modalities have different numbers of samples: {sizes}")
+        if next(iter(sizes.values())) == 0:
+            raise DataError(f"no samples: {', '.join(arrays)} hold 0 rows")
+        return arrays
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        size = self.batch_size if batch_size is None else batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise DataError(f"batch size must be a positive integer, got {size!r}")
+        return size
+
+    def _predict_batch(self, arrays: Mapping[str, np.ndarray], start: int) -> Prediction:
+        """One forward pass over checked arrays; `start` numbers the rows in error messages."""
+        names = self.modalities.names
+        batch = next(iter(arrays.values())).shape[0]
         present = torch.zeros(batch, len(names), dtype=torch.bool)
         full: dict[str, torch.Tensor] = {}
         for index, name in enumerate(names):
             shape = tuple(self.spec.input_shapes[name])
-            if name not in tensors:
+            if name not in arrays:
                 full[name] = torch.zeros(batch, *shape)
                 continue
-            values = tensors[name]
-            if tuple(values.shape[1:]) != shape:
-                raise DataError(
-                    f"modality {name!r}: expected samples of shape {shape}, got "
-                    f"{tuple(values.shape[1:])}"
-                )
+            values = torch.from_numpy(np.array(arrays[name], dtype=np.float32))  # a copy
             flat = values.reshape(batch, -1)
             missing = torch.isnan(flat).all(-1)
-            if bool((~torch.isfinite(flat[~missing])).any()):
-                raise DataError(f"modality {name!r}: NaN or inf values in a present sample")
+            bad = ~torch.isfinite(flat).all(-1) & ~missing
+            if bool(bad.any()):
+                raise DataError(
+                    f"modality {name!r}: NaN or inf values in present sample "
+                    f"{start + int(torch.nonzero(bad)[0])}"
+                )
             present[:, index] = ~missing
             full[name] = torch.where(missing.view(-1, *[1] * len(shape)), 0.0, values)
         empty = ~present.any(-1)
         if bool(empty.any()):
-            raise DataError(f"sample {int(torch.nonzero(empty)[0])} has no modality present")
-        output = self.method(full, present)
-        probabilities = torch.softmax(output.logits, dim=1)  # classes: dim 1, also for maps
+            first = start + int(torch.nonzero(empty)[0])
+            raise DataError(f"sample {first} has no modality present")
+        device = self.device
+        with torch.no_grad():
+            output = self.method({k: v.to(device) for k, v in full.items()}, present.to(device))
+            probabilities = self.probabilities(output.logits, present.to(device))
+            labels = self.method.task.predict(output.logits)
         return Prediction(
-            labels=self.method.task.predict(output.logits),
-            probabilities=probabilities,
-            variance=output.variance,
+            labels=labels.cpu(),
+            probabilities=probabilities.cpu(),
+            variance=None if output.variance is None else output.variance.cpu(),
             present=present,
+            class_names=self.class_names,
         )
 
 
-def load(path: str | Path, imports: Sequence[str] = ()) -> Predictor:
-    """Load a run directory (its best checkpoint) or a checkpoint file for prediction.
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise DataError(f"device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {device!r}: CUDA is not available on this machine")
+    return resolved
+
+
+def _samples(name: str, values: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """`values` as a numeric (N, *shape) array; one sample of `shape` becomes N = 1."""
+    where = f"modality {name!r}"
+    if values is None:
+        raise DataError(f"{where}: got None, expected an array of numbers")
+    if isinstance(values, torch.Tensor):
+        if values.is_complex():
+            raise DataError(f"{where}: holds complex values ({values.dtype}); give real numbers")
+        values = values.detach().cpu().numpy()
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as error:  # ragged nested lists
+        raise DataError(f"{where}: not a rectangular array of numbers ({error})") from None
+    kind = array.dtype.kind
+    if kind == "c":
+        raise DataError(f"{where}: holds complex values ({array.dtype}); give real numbers")
+    if kind in "OUSV":
+        found = {"O": "Python objects", "U": "strings", "S": "bytes", "V": "records"}[kind]
+        raise DataError(f"{where}: holds {found} (dtype {array.dtype}), expected numbers")
+    if kind not in "biuf":
+        raise DataError(f"{where}: holds {array.dtype} values, expected numbers")
+    single = array.shape == shape and shape != (1,)
+    if single or (array.ndim == 1 and shape == (1,)):
+        array = array.reshape(-1, *shape)  # one sample, or N samples of one feature
+    if array.ndim == 0 or tuple(array.shape[1:]) != shape:
+        found_shape = "a scalar" if array.ndim == 0 else f"shape {tuple(array.shape)}"
+        batch_shape = ", ".join(map(str, ("N", *shape)))
+        raise DataError(
+            f"{where}: expected samples of shape {shape} (an array ({batch_shape}) or one sample), "
+            f"got {found_shape}"
+        )
+    return array
+
+
+def load(
+    path: str | Path, device: str | torch.device = "cpu", imports: Sequence[str] = ()
+) -> Predictor:
+    """Load a run directory (its best checkpoint) or a checkpoint file for prediction on
+    `device` (e.g. "cpu", "cuda", "cuda:1").
 
     `imports`: plugin modules to import first (the ones a run recorded are imported anyway)."""
     import_plugins(imports)
-    return Predictor(path)
+    return Predictor(path, device=device)

@@ -6,9 +6,12 @@ import argparse
 import csv
 import functools
 import logging
+import os
 import sys
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dmrnet import __version__
 from dmrnet.errors import DataError, DmrnetError, RunInterrupted
@@ -38,6 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"train.{key}={value}")
+    if args.quiet:
+        overrides.append("train.progress_bar=false")
     if args.resume:
         if args.config or args.run_dir:
             raise DmrnetError(
@@ -51,10 +56,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DmrnetError("give a CONFIG file (or --resume RUN_DIR)")
         config = load_config(args.config, overrides)
         run_dir = Path(args.run_dir or Path("runs") / (config.name or Path(args.config).stem))
+    untangle_lightning_logging(args.quiet)
     report = train(config, run_dir, data_root=args.data_root, resume=bool(args.resume))
     if report is not None:
-        _console().print(report.rich_table())
+        if not args.quiet:
+            _console().print(report.rich_table())
         print(f"results written to {run_dir}/results.json (.csv, .md, .png)")
+        print(f"model card written to {run_dir}/MODEL_CARD.md")
     return 0
 
 
@@ -73,82 +81,90 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         out_dir=args.out,
     )
-    _console().print(report.rich_table())
+    if not args.quiet:
+        _console().print(report.rich_table())
     print(f"results written to {out_dir}/results.json (.csv, .md, .png)")
     return 0
 
 
-def read_input_file(path: Path) -> dict[str, Any]:
-    """Modalities for `predict` from .npz or .mat (one key per modality, samples as rows)."""
-    import numpy as np
-
-    if not path.is_file():
-        raise DataError(f"{path}: no such input file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {k: archive[k] for k in archive.files}
-        if suffix == ".mat":
-            import scipy.io
-
-            data = scipy.io.loadmat(path)
-            return {k: v for k, v in data.items() if not k.startswith("__")}
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read input file: {error}") from None
-    raise DataError(f"{path}: unsupported input format {suffix!r}; use .npz or .mat")
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
+    from dmrnet.api import Prediction, load
+    from dmrnet.inputs import read_inputs
+    from dmrnet.tasks import Task
 
-    from dmrnet.api import load
-
-    predictor = load(args.run_dir)
-    arrays = read_input_file(Path(args.input))
-    names = predictor.modalities.names
-    ignored = sorted(set(arrays) - set(names))
-    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k in names}
-    if not arrays:
-        raise DataError(
-            f"{args.input}: none of its keys {ignored} is a modality of this model "
-            f"({'+'.join(names)})"
-        )
-    prediction = predictor.predict(arrays)
-    # Tasks with outputs of their own (segmentation: colour masks) write them into a folder.
-    folder = Path(args.out or "predictions")
-    files = predictor.method.task.write_predictions(prediction, folder, predictor.spec)
-    if files is not None:
-        print(f"{prediction.labels.shape[0]} predictions written to {folder}/ ({len(files)} files)")
-        if ignored:
-            print(f"ignored keys that are not modalities: {', '.join(ignored)}", file=sys.stderr)
+    predictor = load(args.run_dir, device=args.device)
+    batch_size = args.batch_size or predictor.batch_size
+    source = read_inputs(Path(args.input), predictor.spec.input_shapes, batch_size)
+    predictions = predictor.predict_batches(source.batches, batch_size)
+    if source.ignored:
+        print(f"ignored keys that are not modalities: {', '.join(source.ignored)}", file=sys.stderr)
+    task = predictor.method.task
+    if type(task).write_predictions is not Task.write_predictions:
+        # Tasks with outputs of their own (segmentation: colour masks) write them into a folder.
+        folder = Path(args.out or "predictions")
+        prediction = Prediction.concatenate(list(predictions))
+        files = predictor.method.task.write_predictions(prediction, folder, predictor.spec)
+        count = prediction.labels.shape[0]
+        print(f"{count} predictions written to {folder}/ ({len(files or [])} files)")
         return 0
-    class_names = predictor.spec.class_names
     out = Path(args.out) if args.out else None
-    handle = out.open("w", newline="") if out else sys.stdout
+    if out is None:
+        write_prediction_rows(predictor, predictions, sys.stdout, args.probabilities)
+        return 0
+    if not out.parent.is_dir():
+        raise DataError(f"--out {out}: folder {out.parent} does not exist")
+    # Into a temporary file beside the output, renamed when every row is written: a bad row
+    # in the middle of the input leaves no half-written predictions.
+    partial = out.with_name(f".{out.name}.partial")
     try:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "prediction", "probability", "variance", "modalities"])
-        for i in range(prediction.labels.shape[0]):
-            label = int(prediction.labels[i])
-            writer.writerow(
-                [
-                    i,
-                    class_names[label] if class_names else label,
-                    f"{float(prediction.probabilities[i, label]):.4f}",
-                    "" if prediction.variance is None else f"{float(prediction.variance[i]):.5f}",
-                    predictor.modalities.format(
-                        predictor.modalities.combination_of(prediction.present[i])
-                    ),
-                ]
-            )
+        with partial.open("w", newline="") as handle:
+            count = write_prediction_rows(predictor, predictions, handle, args.probabilities)
+        partial.replace(out)
     finally:
-        if out:
-            handle.close()
-    if out:
-        print(f"{prediction.labels.shape[0]} predictions written to {out}")
-    if ignored:
-        print(f"ignored keys that are not modalities: {', '.join(ignored)}", file=sys.stderr)
+        partial.unlink(missing_ok=True)
+    print(f"{count} predictions written to {out}")
+    return 0
+
+
+def write_prediction_rows(
+    predictor: Any, predictions: Iterable[Any], handle: IO[str], probabilities: bool
+) -> int:
+    """The per-sample CSV of `predict`, written batch by batch; returns the number of rows."""
+    from dmrnet.api import class_label
+
+    modalities = predictor.modalities
+    classes = [class_label(predictor.class_names, k) for k in range(predictor.spec.num_classes)]
+    writer = csv.writer(handle)
+    header = ["index", "prediction", "probability", "variance", "modalities"]
+    writer.writerow(header + ([f"p({name})" for name in classes] if probabilities else []))
+    index = 0
+    for prediction in predictions:
+        chosen = prediction.probabilities.gather(1, prediction.labels[:, None])[:, 0]
+        for row in range(prediction.labels.shape[0]):
+            cells = [
+                index,
+                classes[int(prediction.labels[row])],
+                f"{float(chosen[row]):.4f}",
+                "" if prediction.variance is None else f"{float(prediction.variance[row]):.5f}",
+                modalities.format(modalities.combination_of(prediction.present[row])),
+            ]
+            if probabilities:
+                cells += [f"{float(p):.4f}" for p in prediction.probabilities[row]]
+            writer.writerow(cells)
+            index += 1
+        handle.flush()  # a reader (e.g. `| head`) sees each batch as it is predicted
+    return index
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dmrnet.export import export
+
+    result = export(args.run, args.format, args.out)
+    print(
+        f"{args.format} model written to {result.path} (inputs: {', '.join(result.inputs)}; "
+        f"max |difference| to predict over {result.combinations} combinations: "
+        f"{result.max_difference:.1e})"
+    )
     return 0
 
 
@@ -234,6 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.no_speed:
         loaded.suite.speed.enabled = False
+    untangle_lightning_logging(args.quiet)
     if not args.verbose:
         # Runs log to their train.log; the console shows the bench's progress.
         for handler in logging.getLogger().handlers:
@@ -255,10 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dmrnet",
         description="Robust multimodal learning under missing modalities (DMRNet, ECCV 2024).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    add_console_flags(parser, argparse.SUPPRESS)  # also before the command: dmrnet -q train ...
     parser.add_argument("--version", action="version", version=f"dmrnet {__version__}")
     # Every command takes --import (plugins register encoders, methods, datasets; see plugins.py).
     common = argparse.ArgumentParser(add_help=False)
+    add_console_flags(common, argparse.SUPPRESS)
     common.add_argument(
         "--import",
         dest="imports",
@@ -335,7 +353,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV output file (default: standard output); segmentation: a folder for the colour "
         "masks, labels.npz and classes.csv (default: predictions/)",
     )
+    predict.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="add every class's probability to the CSV: one p(<class>) column per class",
+    )
+    predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    predict.add_argument(
+        "--batch-size",
+        type=positive_int,
+        help="rows per forward pass; memory grows with it (default: the run's eval.batch_size)",
+    )
     predict.set_defaults(func=cmd_predict)
+
+    export = add_command(
+        "export",
+        help="export a run as ONNX, TorchScript or a torch.export program with a presence mask",
+        description="Write RUN as a graph whose inputs are every modality plus a presence mask "
+        "`present` (B, M) and whose output is the class probabilities; the file is loaded back "
+        "and checked against predict on every modality combination. See docs/deploy.md.",
+    )
+    export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument(
+        "--format", default="onnx", choices=["onnx", "torchscript", "exported-program"]
+    )
+    export.add_argument(
+        "--out", help="output file (default: RUN/export/model.onnx, .torchscript.pt or .pt2)"
+    )
+    export.set_defaults(func=cmd_export)
 
     datasets = add_command(
         "datasets", help="list registered datasets and whether their files are present"
@@ -387,10 +432,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_console_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="only warnings and errors"
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="debug logs too",
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# Known noise of the pinned dependencies, silenced for the console (files still log everything).
+KNOWN_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+ADVERTISEMENTS = ("litlogger",)
+
+
+class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one console handler of dmrnet's and Lightning's messages (to standard error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.addFilter(lambda record: not any(ad in record.getMessage() for ad in ADVERTISEMENTS))
+
+
+def configure_console(quiet: bool, verbose: bool) -> None:
+    """Install one ConsoleHandler on the root logger (replacing a previous main()'s), at the
+    chosen level, and silence the known warnings. Other handlers (a run's train.log, pytest's)
+    stay."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, ConsoleHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(ConsoleHandler())
+    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    for pattern in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def untangle_lightning_logging(quiet: bool) -> None:
+    """Importing `lightning` adds its own console handler ("INFO: ...") to the `lightning` logger,
+    which also propagates to the root handler: every line printed twice. Drop that handler after
+    the import. Lightning's INFO lines (GPU available..., DDP start-up) then print once, and not
+    at all with --quiet."""
+    import lightning  # noqa: F401
+
+    logger = logging.getLogger("lightning")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    args.quiet = bool(getattr(args, "quiet", False))
+    args.verbose = bool(getattr(args, "verbose", False))
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose exclude each other")
+    configure_console(args.quiet, args.verbose)
     try:
         if args.imports:
             from dmrnet.plugins import import_plugins
@@ -403,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     except DmrnetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`dmrnet predict ... | head`): stop quietly, as `cat` would.
+        # Python would report the failed flush of stdout at exit; point it at devnull instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status of a program stopped by a closed pipe
     except KeyboardInterrupt:
         # Before a run directory exists (RunInterrupted carries the resume command after).
         print("interrupted", file=sys.stderr)

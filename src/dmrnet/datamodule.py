@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from dmrnet.config import Config
 from dmrnet.data import DataSplits
 from dmrnet.data.base import DataSpec
-from dmrnet.engine import LitMethod, make_loader
+from dmrnet.data.loaders import make_loader
+from dmrnet.engine import LitMethod
 from dmrnet.errors import ConfigError
 from dmrnet.plugins import with_required_plugins
 from dmrnet.runs import build_data_for, build_model, training_stages

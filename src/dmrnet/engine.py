@@ -30,14 +30,13 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from dmrnet.config import Config, OptimizerConfig, SchedulerConfig, TrainConfig
-from dmrnet.data.base import spec_to_dict
+from dmrnet.data.base import CHECKPOINT_FORMAT, spec_to_dict
 from dmrnet.epoch_log import EpochLog
 from dmrnet.errors import ConfigError, NonFiniteError
 from dmrnet.evaluate import CombinationEvaluator
 from dmrnet.files import CHECKSUM_SUFFIX, write_with_checksum
 from dmrnet.methods import LossOutput, Method
 from dmrnet.metrics import summarize
-from dmrnet.runs import CHECKPOINT_FORMAT
 
 log = logging.getLogger("dmrnet")
 

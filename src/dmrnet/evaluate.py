@@ -21,7 +21,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dmrnet.files import atomic_write, save_figure, write_text
-from dmrnet.metrics import summarize
 from dmrnet.modalities import Combination, ModalitySet
 
 RESULT_FILES = ("results.json", "results.csv", "results.md", "results.png")
@@ -57,6 +56,8 @@ class EvaluationReport:
 
     def summary(self, metric: str | None = None) -> dict[str, float | None]:
         metric = metric or self.metric
+        from dmrnet.metrics import summarize  # lazy: torchmetrics is slow to import
+
         return summarize(
             self.values(metric),
             [r.combination for r in self.results],
@@ -172,28 +173,54 @@ def _percent(value: float | None) -> str:
 
 
 def plot_report(report: EvaluationReport, path: Path) -> None:
-    """Bar chart of the headline metric per combination, grouped by combination size."""
+    """Bars of the headline metric per combination on a zero-based axis, coloured by size
+    (legend), labelled with the value and the number of samples scored; the mean as a line.
+    The title names the run: the folder the plot is written into."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from dmrnet.visualize import size_colour
 
     values = [100 * v for v in report.values()]
     names = [r.name for r in report.results]
     sizes = [len(r.combination) for r in report.results]
-    colors = plt.get_cmap("viridis")([s / max(sizes) for s in sizes])
-    height = max(3.0, 0.22 * len(values) + 1.5)
-    fig, ax = plt.subplots(figsize=(7.5, height))
-    ax.barh(range(len(values)), values, color=colors)
-    ax.set_yticks(range(len(values)), names, fontsize=7 if len(values) > 20 else 9)
+    many = len(values) > 20
+    fig, ax = plt.subplots(figsize=(8.5, max(3.0, 0.24 * len(values) + 1.6)))
+    ax.barh(range(len(values)), values, color=[size_colour(s) for s in sizes], height=0.8)
+    ax.set_yticks(range(len(values)), names, fontsize=8 if many else 9)
     ax.invert_yaxis()
+    ax.set_ylim(len(values) - 0.5, -0.5)
+    for row, (value, result) in enumerate(zip(values, report.results, strict=True)):
+        label = "n/a" if math.isnan(value) else f"{value:.1f}%"
+        ax.text(
+            0 if math.isnan(value) else value,
+            row,
+            f" {label} (n={result.samples})",
+            va="center",
+            fontsize=7 if many else 8,
+            # Over the mean line, readable.
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.85},
+        )
+    top = 100.0 if report.higher_is_better[report.metric] else max([*values, 1.0])
+    ax.set_xlim(0.0, top * 1.22)  # zero-based; room right of the bars for their labels
+    ax.set_xticks([t for t in ax.get_xticks() if 0 <= t <= top])
     ax.set_xlabel(f"{report.metric} (%)")
-    summary = report.summary()
-    ax.axvline(100 * summary["mean"], color="black", linestyle="--", linewidth=1, label="mean")
-    ax.legend(loc="lower right")
-    ax.set_title(f"{report.method} on {report.dataset} ({report.split})")
-    low = min(values)
-    ax.set_xlim(max(0.0, low - 5) if report.higher_is_better[report.metric] else 0.0, None)
+    mean = 100 * (report.summary()["mean"] or 0.0)
+    ax.axvline(mean, color="black", linestyle="--", linewidth=1)
+    handles = [
+        Patch(color=size_colour(size), label=f"{size} modalit{'y' if size == 1 else 'ies'}")
+        for size in sorted(set(sizes))
+    ]
+    handles.append(plt.Line2D([], [], color="black", linestyle="--", label=f"mean {mean:.1f}%"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.set_title(
+        f"{path.resolve().parent.name}: {report.method} on {report.dataset} ({report.split}), "
+        f"{len(values)} combinations",
+        fontsize=10,
+    )
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -9,6 +9,7 @@ RUN_DIR/
   logs/metrics.csv       per-step and per-epoch logs (losses, val summaries, HCR statistics)
   train.log              the run's log lines
   results.{json,csv,md,png}  every-combination evaluation on the test split
+  MODEL_CARD.md          dataset, inputs, method, per-combination summary, intended use, limits
   predictions.png        dense tasks (segmentation): a few test samples, predicted under each
                          combination
   evaluations/<name>/    later `dmrnet evaluate` reports (other splits, subsets, checkpoints)
@@ -41,7 +42,7 @@ import torch
 from dmrnet.checks import check_splits
 from dmrnet.config import Config, apply_overrides, parse_config, read_yaml
 from dmrnet.data import DataSplits, build_data
-from dmrnet.data.base import DataSpec, spec_from_dict
+from dmrnet.data.base import CHECKPOINT_FORMAT, DataSpec, spec_from_dict
 from dmrnet.data.loaders import make_loader
 from dmrnet.errors import (
     CheckpointError,
@@ -55,14 +56,12 @@ from dmrnet.files import RunLock, atomic_write, verify_checksum, write_text
 from dmrnet.methods import Method, build_method
 from dmrnet.methods.stages import StagedMethod, TrainingStage
 from dmrnet.modalities import Combination
+from dmrnet.model_card import write_model_card
 from dmrnet.plugins import with_required_plugins
 from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
 
-# The layout of the `dmrnet` section the engine writes into every checkpoint. Declared here, where
-# checkpoints are read, so loading a run for evaluation or prediction never imports Lightning.
-CHECKPOINT_FORMAT = 1
 STAGE_DONE = "STAGE_DONE"  # marks a finished earlier stage of a multi-stage method
 HISTORY = "metrics.before-resume.csv"  # metrics rows kept aside while a resumed fit runs
 
@@ -372,6 +371,7 @@ def test_evaluation(run: RunPlan) -> tuple[LoadedRun, EvaluationReport]:
 def write_reports(run: RunPlan, loaded: LoadedRun, report: EvaluationReport) -> None:
     report.write(run.run_dir)
     write_pictures(loaded.method, run.data.test, report, run.run_dir)
+    write_model_card(run.run_dir, loaded.config, loaded.spec, report)
 
 
 def train(

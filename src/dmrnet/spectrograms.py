@@ -20,7 +20,6 @@ import numpy as np
 import soundfile
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy.signal import resample_poly
 
 from dmrnet.errors import DataError
 
@@ -127,6 +126,8 @@ def read_wav(
     mono = samples.mean(axis=1) if channels == "mix" else samples[:, 0]
     if sample_rate is not None and rate != sample_rate:
         common = math.gcd(int(rate), int(sample_rate))
+        from scipy.signal import resample_poly  # lazy: scipy.signal costs ~1 s to import
+
         mono = resample_poly(mono, sample_rate // common, int(rate) // common).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import nn
 
 from dmrnet.data.base import DataSpec
-from dmrnet.metrics import CombinationAccuracy, EqualErrorThreshold, PresentationAttackMetric
 from dmrnet.registry import Registry
+
+if TYPE_CHECKING:
+    import torchmetrics
+
+# torchmetrics and dmrnet.metrics are imported where metrics are made: importing torchmetrics
+# costs about 2 s (scipy.signal, matplotlib), and loading a model for prediction needs none.
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class ClassificationTask(Task):
         return logits.argmax(-1)
 
     def make_metrics(self) -> nn.ModuleDict:
+        import torchmetrics
+
         return nn.ModuleDict(
             {
                 "accuracy": torchmetrics.classification.MulticlassAccuracy(
@@ -122,6 +128,8 @@ class ClassificationTask(Task):
     def make_combination_metrics(self, count: int) -> torchmetrics.Metric | None:
         if type(self).make_metrics is not ClassificationTask.make_metrics:
             return None  # a subclass with other metrics (e.g. presentation-attack detection)
+        from dmrnet.metrics import CombinationAccuracy
+
         return CombinationAccuracy(count)
 
 
@@ -170,6 +178,8 @@ class SegmentationTask(Task):
         return logits.argmax(1)
 
     def make_metrics(self) -> nn.ModuleDict:
+        import torchmetrics
+
         classes, ignore = self.num_classes, self.ignore_index
         return nn.ModuleDict(
             {
@@ -191,7 +201,10 @@ class SegmentationTask(Task):
     ) -> Path | None:
         from dmrnet.visualize import prediction_grid
 
-        return prediction_grid(method, dataset, combinations, path)
+        # The picture lies in the run directory: its name titles the picture.
+        return prediction_grid(
+            method, dataset, combinations, path, run_name=path.resolve().parent.name
+        )
 
     def write_predictions(
         self, prediction: Any, out_dir: Path, spec: DataSpec
@@ -247,6 +260,8 @@ class PresentationAttackTask(ClassificationTask):
         )
 
     def _metrics(self, threshold: float | None, self_calibrate: bool) -> nn.ModuleDict:
+        from dmrnet.metrics import PresentationAttackMetric
+
         return nn.ModuleDict(
             {
                 info.name: PresentationAttackMetric(
@@ -262,6 +277,8 @@ class PresentationAttackTask(ClassificationTask):
     def make_calibration(self) -> torchmetrics.Metric | None:
         if self.threshold != "eer":
             return None
+        from dmrnet.metrics import EqualErrorThreshold
+
         return EqualErrorThreshold(self.bona_fide_class)
 
     def make_calibrated_metrics(self, calibration: float) -> nn.ModuleDict:

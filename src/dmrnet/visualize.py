@@ -6,13 +6,15 @@
 - `write_masks`: colour masks of `dmrnet predict` (one PNG per sample), the label maps and the
   colour legend.
 
-Colours come from a fixed palette (the PASCAL VOC colour map: class 0 black, then distinct
-colours), so the same class has the same colour in every picture; ignored pixels are light grey.
+Colours come from a fixed palette (class 0 black, then 19 colours chosen to be told apart, then
+evenly spread hues), so the same class has the same colour in every picture; ignored pixels are
+light grey. `size_colour` gives combination sizes the same colours in every chart.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,18 +28,40 @@ from dmrnet.files import save_figure
 IGNORE_COLOUR = (200, 200, 200)
 
 
+# Sasha Trubetskoy's "20 simple, distinct colours" without grey (too close to the ignore grey).
+# The PASCAL VOC map used before gave digits-rgbd's classes 1, 8 and 9 three near-identical reds.
+DISTINCT = (
+    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+    "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3",
+    "#808000", "#ffd8b1", "#000075",
+)  # fmt: skip
+
+
+@functools.cache
+def _palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    colours = [(0, 0, 0)] + [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in DISTINCT]
+    # Beyond those: farthest-point picks from a 7-level RGB grid, each as far as possible from
+    # every colour so far and from the ignore grey (deterministic, so stable across pictures).
+    grid = np.stack(np.meshgrid(*[np.linspace(0, 255, 7)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    taken = np.array([*colours, IGNORE_COLOUR], dtype=float)
+    nearest = np.linalg.norm(grid[:, None] - taken[None], axis=-1).min(1)
+    while len(colours) < num_classes:
+        pick = grid[int(nearest.argmax())]
+        colours.append(tuple(int(c) for c in np.rint(pick)))
+        nearest = np.minimum(nearest, np.linalg.norm(grid - pick, axis=-1))
+    return tuple(colours[:num_classes])  # type: ignore[arg-type]
+
+
 def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 colours: the PASCAL VOC bit-interleaving colour map."""
-    colours = np.zeros((num_classes, 3), dtype=np.uint8)
-    for index in range(num_classes):
-        code, red, green, blue = index, 0, 0, 0
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        colours[index] = (red, green, blue)
-    return colours
+    """(num_classes, 3) uint8 colours: black, the DISTINCT colours, then far-apart grid colours."""
+    return np.array(_palette(num_classes), dtype=np.uint8).reshape(num_classes, 3)
+
+
+def size_colour(size: int) -> str:
+    """The colour of combinations of `size` modalities, the same in every chart (tab10)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](size - 1 if size <= 10 else 9)
 
 
 def colorize(labels: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
@@ -52,15 +76,18 @@ def colorize(labels: np.ndarray, num_classes: int, ignore_index: int | None = No
 
 
 def modality_image(values: torch.Tensor | np.ndarray) -> tuple[np.ndarray, str | None]:
-    """A modality sample (C, H, W) or (H, W) for display, scaled to [0, 1] per image: three
-    channels as colour, else the first channel with a colour map (returned as its name)."""
+    """A modality sample (C, H, W) or (H, W) for display: three channels as colour, scaled to
+    [0, 1] per image; else the first channel in its own units, with a colour map (returned as
+    its name) whose colour bar then reads in those units (e.g. depth)."""
     array = np.asarray(values, dtype=np.float32)
     if array.ndim == 2:
         array = array[None]
-    image = np.transpose(array[:3], (1, 2, 0)) if array.shape[0] >= 3 else array[0]
+    if array.shape[0] < 3:
+        return array[0], "viridis"
+    image = np.transpose(array[:3], (1, 2, 0))
     low, high = float(np.min(image)), float(np.max(image))
     image = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    return image, None if image.ndim == 3 else "viridis"
+    return image, None
 
 
 def _spread(count: int, available: int) -> list[int]:
@@ -76,6 +103,7 @@ def prediction_grid(
     combinations: Sequence[tuple[int, ...]],
     path: str | Path,
     count: int = 4,
+    run_name: str | None = None,
 ) -> Path:
     """Rows: `count` samples of `dataset`; columns: each modality, the ground truth, and the
     prediction under each combination (blank where a sample lacks a modality it uses)."""
@@ -104,7 +132,11 @@ def prediction_grid(
     predictions = [method.task.predict(o.logits).cpu().numpy() for o in outputs]
 
     classes, ignore = spec.num_classes, spec.ignore_index
-    titles = [*modalities.names, "ground truth", *(modalities.format(c) for c in combinations)]
+    titles = [
+        *(f"input: {name}" for name in modalities.names),
+        "truth",
+        *(f"predicted from\n{modalities.format(c)}" for c in combinations),
+    ]
     fig, axes = plt.subplots(
         len(samples), len(titles), figsize=(1.9 * len(titles), 1.9 * len(samples) + 0.9)
     )
@@ -125,15 +157,23 @@ def prediction_grid(
             if image is None:
                 ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes)
             else:
-                ax.imshow(image, cmap=cmap, interpolation="nearest")
+                shown = ax.imshow(image, cmap=cmap, interpolation="nearest")
+                if cmap is not None:  # a single-channel input (depth): its values' colour bar
+                    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+                    bar.ax.tick_params(labelsize=6)
+                    bar.set_label(f"{titles[column].removeprefix('input: ')} value", fontsize=6)
             if row == 0:
-                ax.set_title(titles[column], fontsize=9)
+                ax.set_title(titles[column], fontsize=8)
     if classes <= 40:
         names = spec.class_names or tuple(str(i) for i in range(classes))
         colours = palette(classes) / 255.0
         handles = [Patch(color=colours[i], label=names[i]) for i in range(classes)]
         fig.legend(handles=handles, loc="lower center", ncol=min(classes, 11), fontsize=7)
-    fig.suptitle(f"{method.config.method} on {spec.name}: predictions per combination", fontsize=10)
+    fig.suptitle(
+        f"{run_name or method.config.method} ({method.config.method} on {spec.name}): "
+        "inputs, truth and the prediction from each combination",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.08 if classes <= 40 else 0, 1, 0.96))
     save_figure(fig, path, dpi=100)
     plt.close(fig)
@@ -167,4 +207,11 @@ def write_masks(prediction: Any, out_dir: str | Path, spec: Any) -> list[Path]:
     return [*written, out_dir / "labels.npz", out_dir / "classes.csv"]
 
 
-__all__: list[Any] = ["colorize", "modality_image", "palette", "prediction_grid", "write_masks"]
+__all__: list[Any] = [
+    "colorize",
+    "modality_image",
+    "palette",
+    "prediction_grid",
+    "size_colour",
+    "write_masks",
+]

@@ -67,12 +67,14 @@ def evaluate(
 ) -> EvaluationReport:
     """Evaluate a run directory or checkpoint like `dmrnet evaluate`: every combination (or the
     given ones, e.g. `["mor", "pix+fou"]`) of `split`; writes the reports into `out_dir`
-    (default: the run directory). `report.summary()` gives mean / worst / full."""
+    (default: RUN/evaluations/<split>-<checkpoint>[-<combinations>], never over the run's own
+    results). `report.summary()` gives mean / worst / full."""
     import_plugins(imports)
-    return runs.evaluate_run(
+    report, _ = runs.evaluate_run(
         path,
         split=split,
         combinations=list(combinations) if combinations else None,
         data_root=data_root,
         out_dir=out_dir,
     )
+    return report

@@ -195,6 +195,11 @@ def register_dataset(
     return decorator
 
 
+# Version of a checkpoint's "dmrnet" section (config + spec_to_dict): the engine writes it, loading
+# checks it. It lives here, beside the spec's serializers, so loading never imports Lightning.
+CHECKPOINT_FORMAT = 1
+
+
 def spec_to_dict(spec: DataSpec) -> dict[str, Any]:
     """Plain types and tensors only, so checkpoints load with `torch.load(weights_only=True)`."""
     return {

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import scipy.ndimage
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -154,6 +153,8 @@ def _place(rng: np.random.Generator, image: np.ndarray, options: DigitsRGBDOptio
     coverage = np.zeros((size, size), dtype=np.float32)
     coverage[top : top + box, left : left + box] = _resize(image, box)
     if options.stroke_width:
+        import scipy.ndimage  # lazy: only generation needs it, and it is slow to import
+
         coverage = scipy.ndimage.grey_dilation(coverage, size=2 * options.stroke_width + 1)
     return coverage
 

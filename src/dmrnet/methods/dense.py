@@ -308,6 +308,7 @@ class BranchMaps:
     maps: list[list[torch.Tensor | None]]
     size: tuple[int, int]  # input height and width
     batch: int
+    all_rows: bool = False  # encoded without a presence mask: every row ran every branch (export)
 
 
 # -- the network ----------------------------------------------------------------------------------
@@ -408,7 +409,10 @@ class DenseFusionMethod(Method):
         batch = 0
         for index, name in enumerate(self.modalities.names):
             x = self.prepare(name, inputs[name])
-            size, batch = (int(x.shape[-2]), int(x.shape[-1])), int(x.shape[0])
+            size, batch = (
+                (int(x.shape[-2]), int(x.shape[-1])),
+                x.shape[0],
+            )  # batch: no int(), export keeps it dynamic
             rows = None if present is None else present[:, index]
             branch = self.branches[name]
             levels = [run_on_rows(branch.stem, x, rows, self.training)]
@@ -416,7 +420,7 @@ class DenseFusionMethod(Method):
                 for stage in branch.stages:
                     levels.append(run_on_rows(stage, levels[-1], rows, self.training))
             maps.append(levels)
-        return BranchMaps(maps=maps, size=size, batch=batch)
+        return BranchMaps(maps=maps, size=size, batch=batch, all_rows=present is None)
 
     def batch_size(self, features: BranchMaps) -> int:
         return features.batch
@@ -424,8 +428,8 @@ class DenseFusionMethod(Method):
     # -- decode -----------------------------------------------------------------------------------
     def fuse(self, features: BranchMaps, mask: torch.Tensor) -> list[torch.Tensor]:
         """Fused maps of the 5 levels (stem, layer1..4) for a (B, M) mask."""
-        primary_rows = mask[:, self.primary]
-        used = bool(primary_rows.any())
+        primary_rows = None if features.all_rows else mask[:, self.primary]
+        used = primary_rows is None or bool(primary_rows.any())
         branch = self.branches[self.modalities.names[self.primary]]
         fused: list[torch.Tensor] = []
         for level, fusion in enumerate(self.fusions):

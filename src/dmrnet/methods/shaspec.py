@@ -123,13 +123,14 @@ class ShaSpec(EncoderFusionMethod):
         """One shared-encoder pass over the present rows of all modalities, stacked along the
         batch (its BatchNorm sees all modalities, as in the official code) -> (B, M, D)."""
         adapted, rows = [], []
-        for index, name in enumerate(self.modalities.names):
+        names = self.modalities.names
+        if present is None:  # every row of every modality: no data-dependent shapes (export)
+            x = torch.stack([self.adapters[n](self.standardize[n](inputs[n])) for n in names])
+            encoded = self.shared_encoder(x.flatten(0, 1))  # (M * B, D)
+            return encoded.unflatten(0, x.shape[:2]).transpose(0, 1)  # (B, M, D)
+        for index, name in enumerate(names):
             x = self.adapters[name](self.standardize[name](inputs[name]))
-            keep = (
-                torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-                if present is None
-                else present[:, index].to(x.device)
-            )
+            keep = present[:, index].to(x.device)
             adapted.append(x[keep])
             rows.append(keep)
         stacked = torch.cat(adapted)
