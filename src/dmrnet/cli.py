@@ -48,6 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dmrnet.calibration import parse_availability
     from dmrnet.runs import evaluate_run
 
     combinations = (
@@ -61,10 +62,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         combinations=combinations,
         data_root=args.data_root,
         out_dir=args.out,
+        availability=parse_availability(args.availability, "--availability")
+        if args.availability
+        else None,
+        target_accuracy=_fraction(args.target_accuracy, "--target-accuracy"),
     )
     _console().print(report.rich_table())
     print(f"results written to {out_dir}/results.json (.csv, .md, .png)")
     return 0
+
+
+def _fraction(value: float | None, option: str) -> float | None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise DmrnetError(f"{option}: expected a fraction in (0, 1], got {value}")
+    return value
 
 
 def read_input_file(path: Path) -> dict[str, Any]:
@@ -103,7 +114,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{args.input}: none of its keys {ignored} is a modality of this model "
             f"({'+'.join(names)})"
         )
-    prediction = predictor.predict(arrays)
+    prediction = predictor.predict(
+        arrays,
+        min_confidence=args.min_confidence,
+        target_accuracy=args.target_accuracy,
+    )
+    if args.target_accuracy is not None:
+        _print_abstention_cost(predictor, prediction, args.target_accuracy)
     # Tasks with outputs of their own (segmentation: colour masks) write them into a folder.
     folder = Path(args.out or "predictions")
     files = predictor.method.task.write_predictions(prediction, folder, predictor.spec)
@@ -117,15 +134,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     handle = out.open("w", newline="") if out else sys.stdout
     try:
         writer = csv.writer(handle)
-        writer.writerow(["index", "prediction", "probability", "variance", "modalities"])
+        writer.writerow(
+            ["index", "prediction", "confidence", "abstained", "embedding_variance", "modalities"]
+        )
+        variance = prediction.embedding_variance
         for i in range(prediction.labels.shape[0]):
             label = int(prediction.labels[i])
             writer.writerow(
                 [
                     i,
                     class_names[label] if class_names else label,
-                    f"{float(prediction.probabilities[i, label]):.4f}",
-                    "" if prediction.variance is None else f"{float(prediction.variance[i]):.5f}",
+                    f"{float(prediction.confidence[i]):.4f}",
+                    int(prediction.abstained[i]),
+                    "" if variance is None else f"{float(variance[i]):.5f}",
                     predictor.modalities.format(
                         predictor.modalities.combination_of(prediction.present[i])
                     ),
@@ -139,6 +160,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if ignored:
         print(f"ignored keys that are not modalities: {', '.join(ignored)}", file=sys.stderr)
     return 0
+
+
+def _print_abstention_cost(predictor: Any, prediction: Any, accuracy: float) -> None:
+    """Per combination in the input: the confidence threshold that reached `accuracy` on the
+    validation split and the share of validation samples it kept (the coverage it costs)."""
+    modalities = predictor.modalities
+    combinations = {modalities.combination_of(row) for row in prediction.present}
+    for combination in sorted(combinations, key=lambda c: (len(c), c)):
+        threshold, coverage = predictor.calibration.threshold_for(combination, accuracy)
+        where = f"{modalities.format(combination)}: target accuracy {100 * accuracy:g}%"
+        if coverage == 0.0:
+            print(f"{where} not reached on validation; abstains on every sample", file=sys.stderr)
+        else:
+            print(
+                f"{where}: confidence >= {threshold:.4f} kept {100 * coverage:.1f}% of validation",
+                file=sys.stderr,
+            )
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -272,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--out", help="output folder (default: RUN_DIR/evaluations/<split>-<checkpoint>[-<combs>])"
     )
+    evaluate.add_argument(
+        "--availability",
+        metavar="MOD=P,...",
+        help="per-modality availability probabilities of the expected_availability summary, "
+        "e.g. pix=0.9,fou=0.5 (unnamed modalities: eval.availability_p); as eval.availability",
+    )
+    evaluate.add_argument(
+        "--target-accuracy",
+        type=float,
+        metavar="A",
+        help="report the coverage that reaching accuracy A costs per combination (thresholds "
+        "picked on validation; default: eval.target_accuracy)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser(
@@ -286,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         help="CSV output file (default: standard output); segmentation: a folder for the colour "
         "masks, labels.npz and classes.csv (default: predictions/)",
+    )
+    abstain = predict.add_mutually_exclusive_group()
+    abstain.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="X",
+        help="abstain (column abstained = 1) where the calibrated confidence is below X",
+    )
+    abstain.add_argument(
+        "--target-accuracy",
+        type=float,
+        metavar="A",
+        help="abstain below the per-combination confidence threshold that reached accuracy A "
+        "on the validation split; prints the validation coverage it costs",
     )
     predict.set_defaults(func=cmd_predict)
 

@@ -10,6 +10,7 @@ Conventions used everywhere in dmrnet:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -149,10 +150,17 @@ class CombinationSampler:
 
 
 def availability_weights(
-    modalities: ModalitySet, combinations: Sequence[Combination], p: float
+    modalities: ModalitySet, combinations: Sequence[Combination], p: float | Sequence[float]
 ) -> list[float]:
-    """P(combination | non-empty) when each modality is available independently with prob. p."""
+    """P(combination | non-empty) when each modality is available independently with prob. p
+    (one p for all, or one per modality in the set's order)."""
     m = len(modalities)
-    raw = [p ** len(c) * (1.0 - p) ** (m - len(c)) for c in combinations]
+    probabilities = [float(p)] * m if isinstance(p, int | float) else [float(q) for q in p]
+    if len(probabilities) != m:
+        raise ValueError(f"{len(probabilities)} availability probabilities for {m} modalities")
+    raw = [
+        math.prod(q if i in c else 1.0 - q for i, q in enumerate(probabilities))
+        for c in combinations
+    ]
     total = sum(raw)
     return [w / total for w in raw]
