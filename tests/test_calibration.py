@@ -4,6 +4,7 @@ abstention thresholds, storage in the checkpoint, predict / CLI abstention and a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -12,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import tiny_config, write_synthetic_views
 from torchmetrics.classification import BinaryAUROC, MulticlassCalibrationError
 
 import dmrnet
 from dmrnet.calibration import Calibration, RiskCoverage, fit_temperature, parse_availability
 from dmrnet.cli import main
 from dmrnet.config import parse_config
-from dmrnet.engine import make_loader
+from dmrnet.data.loaders import make_loader
 from dmrnet.errors import ConfigError, DataError
 from dmrnet.evaluate import CONFIDENCE_PLOTS, build_report, calibrate_combinations
+from dmrnet.files import write_with_checksum
 from dmrnet.metrics import (
     CombinationLogits,
     calibration_error_floor,
@@ -166,7 +167,8 @@ def test_expected_value_per_modality_and_the_plain_mean_at_one_half():
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def calibrated_run(tmp_path_factory: pytest.TempPathFactory, tiny_files) -> tuple[Path, Path]:
+    write_synthetic_views, tiny_config = tiny_files
     folder = tmp_path_factory.mktemp("calibration")
     views = write_synthetic_views(folder / "views.npz")
     config = tiny_config(views, "dmrnet")
@@ -175,8 +177,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder / "run", views
 
 
-def test_calibration_is_fitted_after_training_stored_and_applied_by_predict(trained_run):
-    run_dir, views = trained_run
+def test_calibration_is_fitted_after_training_stored_and_applied_by_predict(calibrated_run):
+    run_dir, views = calibrated_run
     results = json.loads((run_dir / "results.json").read_text())
     section = results["calibration"]
     loaded = load_checkpoint(run_dir)
@@ -209,8 +211,8 @@ def test_calibration_is_fitted_after_training_stored_and_applied_by_predict(trai
     assert not prediction.abstained.any()  # no threshold asked for
 
 
-def test_calibration_lowers_validation_nll_through_the_one_pass_evaluation(trained_run):
-    run_dir, _ = trained_run
+def test_calibration_lowers_validation_nll_through_the_one_pass_evaluation(calibrated_run):
+    run_dir, _ = calibrated_run
     loaded = load_checkpoint(run_dir)
     loader = make_loader(build_data_for(loaded.config).val, 64, False)
     calibration = calibrate_combinations(loaded.method, loader)
@@ -228,8 +230,8 @@ def test_calibration_lowers_validation_nll_through_the_one_pass_evaluation(train
     assert copy.threshold_for((0,), 0.5) == calibration.threshold_for((0,), 0.5)
 
 
-def test_abstention_flags_round_trip_through_the_cli_csv(trained_run, tmp_path, capsys):
-    run_dir, views = trained_run
+def test_abstention_flags_round_trip_through_the_cli_csv(calibrated_run, tmp_path, capsys):
+    run_dir, views = calibrated_run
     data = np.load(views)
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, a=data["a"][:20], b=data["b"][:20])
@@ -260,8 +262,8 @@ def test_abstention_flags_round_trip_through_the_cli_csv(trained_run, tmp_path, 
         main(both)  # mutually exclusive options
 
 
-def test_evaluate_reports_the_expected_metric_under_given_availability(trained_run, tmp_path):
-    run_dir, _ = trained_run
+def test_evaluate_reports_the_expected_metric_under_given_availability(calibrated_run, tmp_path):
+    run_dir, _ = calibrated_run
     out = tmp_path / "eval"
     assert main(["evaluate", str(run_dir), "--out", str(out), "--availability", "a=0.9,c=0.2"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -275,8 +277,8 @@ def test_evaluate_reports_the_expected_metric_under_given_availability(trained_r
     assert results["summary"]["expected_all_p0.9"] == pytest.approx(all_high)
 
 
-def test_bad_availability_and_missing_calibration_are_one_line_errors(trained_run, capsys):
-    run_dir, views = trained_run
+def test_bad_availability_and_missing_calibration_are_one_line_errors(calibrated_run, capsys):
+    run_dir, views = calibrated_run
     assert main(["evaluate", str(run_dir), "--availability", "zz=0.9"]) == 2
     assert "--availability: unknown modality 'zz'" in capsys.readouterr().err
     assert main(["evaluate", str(run_dir), "--availability", "a=1.5"]) == 2
@@ -323,17 +325,19 @@ def test_segmentation_is_calibrated_and_abstains_per_pixel():
 
 
 def test_evaluate_calibrates_and_stores_a_checkpoint_trained_before_calibration(
-    trained_run, tmp_path
+    calibrated_run, tmp_path
 ):
     import shutil
 
-    run_dir, _ = trained_run
+    run_dir, _ = calibrated_run
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)
     checkpoint_path = old / "checkpoints" / "best.ckpt"
     checkpoint = torch.load(checkpoint_path, weights_only=True)
     del checkpoint["dmrnet"]["calibration"]
-    torch.save(checkpoint, checkpoint_path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_with_checksum(checkpoint_path, buffer.getvalue())
     assert load_checkpoint(old).calibration is None
     assert main(["evaluate", str(old), "--out", str(tmp_path / "eval")]) == 0
     stored = load_checkpoint(old).calibration
@@ -341,10 +345,10 @@ def test_evaluate_calibrates_and_stores_a_checkpoint_trained_before_calibration(
     assert stored.temperatures == pytest.approx(load_checkpoint(run_dir).calibration.temperatures)
 
 
-def test_the_bench_analysis_tabulates_the_runs_calibration(trained_run):
+def test_the_bench_analysis_tabulates_the_runs_calibration(calibrated_run):
     from dmrnet.bench.analysis import ANALYSES
 
-    run_dir, _ = trained_run
+    run_dir, _ = calibrated_run
     results = json.loads((run_dir / "results.json").read_text())
     seeds = {
         "0": {"calibration": results["calibration"]},
