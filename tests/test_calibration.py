@@ -293,7 +293,7 @@ def test_bad_availability_and_missing_calibration_are_one_line_errors(calibrated
 
 
 def test_segmentation_is_calibrated_and_abstains_per_pixel():
-    from tests.methods.test_segmentation import make_batch, make_method, make_spec
+    from tests.methods.test_dense import make_batch, make_method, make_spec
 
     from dmrnet.api import Predictor
 
