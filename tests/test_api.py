@@ -23,7 +23,7 @@ def test_load_and_predict_from_any_subset(trained, synthetic_file):
     assert full.labels.shape == only_c.labels.shape == (6,)
     assert torch.allclose(full.probabilities.sum(-1), torch.ones(6))
     assert full.present.all() and only_c.present[:, 2].all() and not only_c.present[:, :2].any()
-    assert full.variance is not None and (full.variance > 0).all()
+    assert full.embedding_variance is not None and (full.embedding_variance > 0).all()
     # The same sample seen with fewer modalities is embedded differently.
     assert not torch.allclose(full.probabilities, only_c.probabilities)
 

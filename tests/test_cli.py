@@ -81,7 +81,7 @@ def test_predict_from_a_subset_of_modalities(handwritten_run, tmp_path, capsys):
     assert len(rows) == 5
     assert rows[0]["modalities"] == "pix+kar" and rows[2]["modalities"] == "pix"
     assert all(r["prediction"] in [str(i) for i in range(10)] for r in rows)
-    assert float(rows[0]["variance"]) > 0
+    assert float(rows[0]["embedding_variance"]) > 0
     out = tmp_path / "pred.csv"
     assert main(["predict", str(handwritten_run), str(path), "--out", str(out)]) == 0
     assert out.read_text().startswith("index,prediction")

@@ -86,7 +86,7 @@ def test_report_writes_json_csv_markdown_and_plot(model_and_data, tmp_path):
     assert list(result["combinations"]) == ["a", "b", "c", "a+b", "a+c", "b+c", "a+b+c"]
     values = np.array(list(result["combinations"].values()))
     assert ((values >= 0) & (values <= 1)).all()
-    assert set(result["summary"]) == {"mean", "worst", "full", "expected_p0.5"}
+    assert set(result["summary"]) == {"mean", "worst", "full", "expected_p0.5", "expected_all_p0.9"}
     assert result["summary"]["mean"] == pytest.approx(values.mean())
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("combination,size,samples,accuracy") and len(csv_lines) == 8

@@ -20,4 +20,8 @@ def test_every_run_gets_a_model_card_with_inputs_summary_and_limits(make_config,
     assert f"| mean | {100 * results['summary']['mean']:.2f}% |" in card
     worst = min(results["combinations"], key=results["combinations"].__getitem__)
     assert f"plan for the worst combination ({worst})" in card
-    assert "None: probabilities are the softmax" in card  # this run has no calibration
+    # Every run is calibrated after training: the card names the per-combination temperatures.
+    assert "Temperature scaling per combination" in card
+    for name in results["calibration"]["temperature"]:
+        if len(name.split("+")) == 1:
+            assert f"{name}: T = " in card

@@ -186,20 +186,20 @@ def test_calibration_on_validation_is_recorded_and_matches_the_eer_operating_poi
     torch.manual_seed(0)
     method = build_method(config.model, spec, task).eval()
     loader = DataLoader(toy_pad_data(), batch_size=32)
-    thresholds = calibrate_combinations(method, loader)
+    thresholds = calibrate_combinations(method, loader).decision
     assert thresholds is not None and set(thresholds) == set(spec.modalities.combinations())
     report = build_report(method, loader, "toy-pad", "moddrop", "val", calibration_loader=loader)
     calibration = report.to_dict()["calibration"]
     assert calibration["split"] == "validation"
-    assert set(calibration["values"]) == {"a", "b", "a+b"}
+    assert set(calibration["decision_threshold"]) == {"a", "b", "a+b"}
     # Calibrated on the same samples, the fixed-threshold ACER equals the self-calibrating one
     # (the equal-error operating point that selects checkpoints in validation).
     self_calibrated = evaluate_combinations(method, loader)
     for fixed, own in zip(report.results, self_calibrated, strict=True):
         assert fixed.metrics["acer"] == pytest.approx(own.metrics["acer"])
         assert fixed.metrics["apcer"] == pytest.approx(own.metrics["apcer"])
-    # An argmax task is not calibrated, and says so by recording nothing.
+    # An argmax task has no decision threshold, and says so by recording none.
     plain = build_method(config.model, pad_spec(), build_task(pad_spec())).eval()
-    assert calibrate_combinations(plain, loader) is None
+    assert calibrate_combinations(plain, loader).decision is None
     report = build_report(plain, loader, "toy-pad", "moddrop", "val", calibration_loader=loader)
-    assert "calibration" not in report.to_dict()
+    assert "decision_threshold" not in report.to_dict()["calibration"]

@@ -60,7 +60,7 @@ def test_csv_input_predicts_like_the_api_with_empty_cells_as_missing(run, views,
     assert [r["prediction"] for r in rows] == expected.names()
     assert rows[0]["modalities"] == "a+c" and rows[3]["modalities"] == "a"
     chosen = expected.probabilities.max(1).values
-    assert [float(r["probability"]) for r in rows] == pytest.approx(chosen.tolist(), abs=1e-4)
+    assert [float(r["confidence"]) for r in rows] == pytest.approx(chosen.tolist(), abs=1e-4)
 
 
 def test_probabilities_give_every_class_by_name(run, views, tmp_path, capsys):

@@ -97,8 +97,10 @@ def test_write_masks_writes_a_png_per_sample_labels_and_legend(tmp_path: Path):
     prediction = Prediction(
         labels=labels,
         probabilities=torch.rand(2, 4, 2, 2),
-        variance=torch.tensor([0.5, 0.7]),
+        embedding_variance=torch.tensor([0.5, 0.7]),
         present=torch.tensor([[True, True], [True, False]]),
+        confidence=torch.rand(2, 2, 2),
+        abstained=torch.zeros(2, 2, 2, dtype=torch.bool),
     )
     files = write_masks(prediction, tmp_path / "out", SPEC)
     assert [f.name for f in files] == [
@@ -111,7 +113,7 @@ def test_write_masks_writes_a_png_per_sample_labels_and_legend(tmp_path: Path):
     assert np.array_equal(mask, colorize(labels[1].numpy(), 4))
     with np.load(tmp_path / "out" / "labels.npz") as saved:
         assert np.array_equal(saved["labels"], labels.numpy())
-        assert saved["variance"].tolist() == [0.5, 0.699999988079071]
+        assert saved["embedding_variance"].tolist() == [0.5, 0.699999988079071]
     rows = (tmp_path / "out" / "classes.csv").read_text().splitlines()
     assert rows[0] == "index,name,red,green,blue" and rows[2].startswith("1,a,")
 

@@ -1,8 +1,8 @@
 """Python API: load a trained run and predict from any subset of modalities.
 
 model = dmrnet.load("runs/handwritten", device="cpu")
-prediction = model.predict({"pix": pix, "kar": kar})  # the other views are missing
-prediction.labels, prediction.probabilities, prediction.variance, prediction.names()
+prediction = model.predict({"pix": pix, "kar": kar}, min_confidence=0.9)  # other views missing
+prediction.labels, prediction.names(), prediction.confidence, prediction.abstained
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dmrnet.calibration import accuracy_thresholds, per_sample
 from dmrnet.errors import DataError
 from dmrnet.plugins import import_plugins
 from dmrnet.runs import LoadedRun, load_checkpoint
@@ -23,10 +24,15 @@ from dmrnet.runs import LoadedRun, load_checkpoint
 @dataclass
 class Prediction:
     labels: torch.Tensor  # (B,) predicted class ((B, H, W) for segmentation)
-    probabilities: torch.Tensor  # (B, K) every class's probability ((B, K, H, W))
-    # (B,) mean embedding variance: larger = less certain (None for deterministic methods)
-    variance: torch.Tensor | None
+    probabilities: torch.Tensor  # (B, K) every class's calibrated probability ((B, K, H, W))
+    # (B,) mean embedding variance (None for deterministic methods). Not a confidence: on
+    # Handwritten errors have *lower* variance than correct predictions (docs/calibration.md).
+    embedding_variance: torch.Tensor | None
     present: torch.Tensor  # (B, M) the modalities each prediction used
+    # (B,) calibrated probability of the predicted label (segmentation: per pixel).
+    confidence: torch.Tensor
+    # (B,) True where the confidence is below the abstention threshold (segmentation: per pixel).
+    abstained: torch.Tensor
     class_names: tuple[str, ...] | None = None  # names of the K classes, where the data has them
 
     def names(self) -> list[str]:
@@ -39,12 +45,14 @@ class Prediction:
         """One prediction from the predictions of consecutive batches."""
         if not parts:
             raise DataError("no predictions to concatenate")
-        variance = [p.variance for p in parts]
+        variance = [p.embedding_variance for p in parts]
         return Prediction(
             labels=torch.cat([p.labels for p in parts]),
             probabilities=torch.cat([p.probabilities for p in parts]),
-            variance=None if variance[0] is None else torch.cat(variance),  # type: ignore[arg-type]
+            embedding_variance=None if variance[0] is None else torch.cat(variance),  # type: ignore[arg-type]
             present=torch.cat([p.present for p in parts]),
+            confidence=torch.cat([p.confidence for p in parts]),
+            abstained=torch.cat([p.abstained for p in parts]),
             class_names=parts[0].class_names,
         )
 
@@ -66,6 +74,7 @@ class Predictor:
         self.spec = loaded.spec
         self.modalities = loaded.spec.modalities
         self.checkpoint = loaded.checkpoint
+        self.calibration = loaded.calibration  # None: trained before calibration existed
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -78,15 +87,19 @@ class Predictor:
 
     def probabilities(self, logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Class probabilities (classes on dim 1, also for maps) of logits predicted with the
-        (B, M) modalities `present`. predict and the exported graphs (dmrnet.export) both call
-        this one step, so a calibration of the run applies to both here."""
-        return torch.softmax(logits, dim=1)
+        (B, M) modalities `present`, temperature-scaled per combination (docs/calibration.md).
+        predict and the exported graphs (dmrnet.export) both call this one step."""
+        temperature, _ = per_sample(self.calibration, self.modalities, present)
+        per_class = (-1, *[1] * (logits.dim() - 1))  # (B, 1) or, for maps, (B, 1, 1, 1)
+        return torch.softmax(logits / temperature.to(logits).view(per_class), dim=1)
 
     @torch.no_grad()
     def predict(
         self,
         inputs: Mapping[str, Any],
         batch_size: int | None = None,
+        min_confidence: float | None = None,
+        target_accuracy: float | None = None,
     ) -> Prediction:
         """Predict from raw (unstandardized) inputs of any subset of modalities.
 
@@ -94,23 +107,34 @@ class Predictor:
         for a modality are all NaN has that modality missing (per-sample missingness). An array
         of one sample's shape (e.g. 1-D for vector data) is a single sample. Rows go through the
         model `batch_size` at a time (default: the run's evaluation batch size).
+
+        Probabilities are temperature-scaled per combination and PAD decides at its calibrated
+        threshold (docs/calibration.md). A prediction abstains when its confidence is below
+        `min_confidence`, or below the threshold of its combination that reached
+        `target_accuracy` on the validation split.
         """
-        return Prediction.concatenate(list(self.predict_batches([inputs], batch_size)))
+        batches = self.predict_batches([inputs], batch_size, min_confidence, target_accuracy)
+        return Prediction.concatenate(list(batches))
 
     def predict_batches(
-        self, batches: Iterable[Mapping[str, Any]], batch_size: int | None = None
+        self,
+        batches: Iterable[Mapping[str, Any]],
+        batch_size: int | None = None,
+        min_confidence: float | None = None,
+        target_accuracy: float | None = None,
     ) -> Iterator[Prediction]:
         """Predict batch after batch (e.g. from `dmrnet.inputs.read_inputs`), holding one batch
         at a time, so memory stays bounded however many rows there are; a batch of more than
         `batch_size` rows is split."""
         size = self._batch_size(batch_size)
+        self._check_abstention(min_confidence, target_accuracy)
         start = 0
         for batch in batches:
             arrays = self.check_inputs(batch)
             rows = next(iter(arrays.values())).shape[0]
             for offset in range(0, rows, size):
                 part = {k: v[offset : offset + size] for k, v in arrays.items()}
-                yield self._predict_batch(part, start + offset)
+                yield self._predict_batch(part, start + offset, min_confidence, target_accuracy)
             start += rows
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -144,7 +168,39 @@ class Predictor:
             raise DataError(f"batch size must be a positive integer, got {size!r}")
         return size
 
-    def _predict_batch(self, arrays: Mapping[str, np.ndarray], start: int) -> Prediction:
+    def _check_abstention(
+        self, min_confidence: float | None, target_accuracy: float | None
+    ) -> None:
+        if min_confidence is not None and target_accuracy is not None:
+            raise DataError("give min_confidence or target_accuracy, not both")
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise DataError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        if target_accuracy is not None:
+            if not 0.0 < target_accuracy <= 1.0:
+                raise DataError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+            if self.calibration is None:
+                raise DataError(
+                    "this checkpoint has no calibration: run `dmrnet evaluate RUN_DIR` once to "
+                    "fit and store it"
+                )
+
+    def _abstention_threshold(
+        self, present: torch.Tensor, min_confidence: float | None, target_accuracy: float | None
+    ) -> torch.Tensor:
+        """(B,) confidence below which each prediction abstains (0: never)."""
+        if min_confidence is not None:
+            return torch.full((present.shape[0],), float(min_confidence), dtype=torch.float64)
+        if target_accuracy is None or self.calibration is None:
+            return torch.zeros(present.shape[0], dtype=torch.float64)
+        return accuracy_thresholds(self.calibration, self.modalities, present, target_accuracy)
+
+    def _predict_batch(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        start: int,
+        min_confidence: float | None = None,
+        target_accuracy: float | None = None,
+    ) -> Prediction:
         """One forward pass over checked arrays; `start` numbers the rows in error messages."""
         names = self.modalities.names
         batch = next(iter(arrays.values())).shape[0]
@@ -171,15 +227,21 @@ class Predictor:
             first = start + int(torch.nonzero(empty)[0])
             raise DataError(f"sample {first} has no modality present")
         device = self.device
+        threshold = self._abstention_threshold(present, min_confidence, target_accuracy)
         with torch.no_grad():
             output = self.method({k: v.to(device) for k, v in full.items()}, present.to(device))
-            probabilities = self.probabilities(output.logits, present.to(device))
-            labels = self.method.task.predict(output.logits)
+            probabilities = self.probabilities(output.logits, present.to(device)).cpu()
+            _, decision = per_sample(self.calibration, self.modalities, present)
+            labels = self.method.task.decide(output.logits.cpu(), decision)
+        confidence = probabilities.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B[, H, W])
+        per_label = (-1, *[1] * (confidence.dim() - 1))  # (B,) or, for maps, (B, 1, 1)
         return Prediction(
-            labels=labels.cpu(),
-            probabilities=probabilities.cpu(),
-            variance=None if output.variance is None else output.variance.cpu(),
+            labels=labels,
+            probabilities=probabilities,
+            embedding_variance=None if output.variance is None else output.variance.cpu(),
             present=present,
+            confidence=confidence,
+            abstained=confidence < threshold.view(per_label),
             class_names=self.class_names,
         )
 

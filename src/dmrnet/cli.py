@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dmrnet.calibration import parse_availability
     from dmrnet.runs import evaluate_run
 
     combinations = (
@@ -80,11 +81,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         combinations=combinations,
         data_root=args.data_root,
         out_dir=args.out,
+        availability=parse_availability(args.availability, "--availability")
+        if args.availability
+        else None,
+        target_accuracy=_fraction(args.target_accuracy, "--target-accuracy"),
     )
     if not args.quiet:
         _console().print(report.rich_table())
     print(f"results written to {out_dir}/results.json (.csv, .md, .png)")
     return 0
+
+
+def _fraction(value: float | None, option: str) -> float | None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise DmrnetError(f"{option}: expected a fraction in (0, 1], got {value}")
+    return value
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -95,7 +106,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = load(args.run_dir, device=args.device)
     batch_size = args.batch_size or predictor.batch_size
     source = read_inputs(Path(args.input), predictor.spec.input_shapes, batch_size)
-    predictions = predictor.predict_batches(source.batches, batch_size)
+    seen: set[tuple[bool, ...]] = set()  # presence rows, for the abstention cost
+    predictions = seen_combinations(
+        predictor.predict_batches(
+            source.batches,
+            batch_size,
+            min_confidence=args.min_confidence,
+            target_accuracy=_fraction(args.target_accuracy, "--target-accuracy"),
+        ),
+        seen,
+    )
     if source.ignored:
         print(f"ignored keys that are not modalities: {', '.join(source.ignored)}", file=sys.stderr)
     task = predictor.method.task
@@ -106,10 +126,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         files = predictor.method.task.write_predictions(prediction, folder, predictor.spec)
         count = prediction.labels.shape[0]
         print(f"{count} predictions written to {folder}/ ({len(files or [])} files)")
+        if args.target_accuracy is not None:
+            _print_abstention_cost(predictor, seen, args.target_accuracy)
         return 0
     out = Path(args.out) if args.out else None
     if out is None:
         write_prediction_rows(predictor, predictions, sys.stdout, args.probabilities)
+        if args.target_accuracy is not None:
+            _print_abstention_cost(predictor, seen, args.target_accuracy)
         return 0
     if not out.parent.is_dir():
         raise DataError(f"--out {out}: folder {out.parent} does not exist")
@@ -123,7 +147,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     finally:
         partial.unlink(missing_ok=True)
     print(f"{count} predictions written to {out}")
+    if args.target_accuracy is not None:
+        _print_abstention_cost(predictor, seen, args.target_accuracy)
     return 0
+
+
+def seen_combinations(predictions: Iterable[Any], seen: set[tuple[bool, ...]]) -> Iterator[Any]:
+    """`predictions` as they stream, recording into `seen` the presence rows they used."""
+    for prediction in predictions:
+        seen.update(tuple(row) for row in prediction.present.tolist())
+        yield prediction
 
 
 def write_prediction_rows(
@@ -135,17 +168,18 @@ def write_prediction_rows(
     modalities = predictor.modalities
     classes = [class_label(predictor.class_names, k) for k in range(predictor.spec.num_classes)]
     writer = csv.writer(handle)
-    header = ["index", "prediction", "probability", "variance", "modalities"]
+    header = ["index", "prediction", "confidence", "abstained", "embedding_variance", "modalities"]
     writer.writerow(header + ([f"p({name})" for name in classes] if probabilities else []))
     index = 0
     for prediction in predictions:
-        chosen = prediction.probabilities.gather(1, prediction.labels[:, None])[:, 0]
+        variance = prediction.embedding_variance
         for row in range(prediction.labels.shape[0]):
             cells = [
                 index,
                 classes[int(prediction.labels[row])],
-                f"{float(chosen[row]):.4f}",
-                "" if prediction.variance is None else f"{float(prediction.variance[row]):.5f}",
+                f"{float(prediction.confidence[row]):.4f}",
+                int(prediction.abstained[row]),
+                "" if variance is None else f"{float(variance[row]):.5f}",
                 modalities.format(modalities.combination_of(prediction.present[row])),
             ]
             if probabilities:
@@ -166,6 +200,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{result.max_difference:.1e})"
     )
     return 0
+
+
+def _print_abstention_cost(predictor: Any, rows: set[Any], accuracy: float) -> None:
+    """Per combination in the input (`rows`: the presence rows seen): the confidence threshold
+    that reached `accuracy` on the validation split and the share of validation samples it kept
+    (the coverage it costs)."""
+    import torch
+
+    modalities = predictor.modalities
+    combinations = {modalities.combination_of(torch.tensor(row)) for row in rows}
+    for combination in sorted(combinations, key=lambda c: (len(c), c)):
+        threshold, coverage = predictor.calibration.threshold_for(combination, accuracy)
+        where = f"{modalities.format(combination)}: target accuracy {100 * accuracy:g}%"
+        if coverage == 0.0:
+            print(f"{where} not reached on validation; abstains on every sample", file=sys.stderr)
+        else:
+            print(
+                f"{where}: confidence >= {threshold:.4f} kept {100 * coverage:.1f}% of validation",
+                file=sys.stderr,
+            )
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -338,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--out", help="output folder (default: RUN_DIR/evaluations/<split>-<checkpoint>[-<combs>])"
     )
+    evaluate.add_argument(
+        "--availability",
+        metavar="MOD=P,...",
+        help="per-modality availability probabilities of the expected_availability summary, "
+        "e.g. pix=0.9,fou=0.5 (unnamed modalities: eval.availability_p); as eval.availability",
+    )
+    evaluate.add_argument(
+        "--target-accuracy",
+        type=float,
+        metavar="A",
+        help="report the coverage that reaching accuracy A costs per combination (thresholds "
+        "picked on validation; default: eval.target_accuracy)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = add_command(
@@ -363,6 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=positive_int,
         help="rows per forward pass; memory grows with it (default: the run's eval.batch_size)",
+    )
+    abstain = predict.add_mutually_exclusive_group()
+    abstain.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="X",
+        help="abstain (column abstained = 1) where the calibrated confidence is below X",
+    )
+    abstain.add_argument(
+        "--target-accuracy",
+        type=float,
+        metavar="A",
+        help="abstain below the per-combination confidence threshold that reached accuracy A "
+        "on the validation split; prints the validation coverage it costs",
     )
     predict.set_defaults(func=cmd_predict)
 

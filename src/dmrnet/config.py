@@ -194,6 +194,18 @@ class EvalConfig(Strict):
     # Parsed against the method's modalities when a run is planned (runs.plan), before training.
     combinations: list[str] | None = Field(None, description="default: all 2^M - 1", min_length=1)
     availability_p: float = Field(0.5, gt=0.0, lt=1.0, description="for the expected summary")
+    availability: dict[str, float] | None = Field(
+        None,
+        description="per-modality availability probabilities, e.g. {pix: 0.9, fou: 0.5}, of the "
+        "expected_availability summary; unnamed modalities: availability_p",
+    )
+    target_accuracy: float | None = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="accuracy whose confidence threshold (per combination, on validation) and "
+        "coverage the calibration report gives; null: none",
+    )
 
 
 class Config(Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,26 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dmrnet.calibration import (
+    Calibration,
+    availability_vector,
+    confidence_report,
+    fit_calibration,
+    usable_samples,
+)
 from dmrnet.files import atomic_write, save_figure, write_text
+from dmrnet.metrics import (
+    ECE_BINS,
+    CombinationLogits,
+    expected_value,
+    sorted_by_confidence,
+    summarize,
+)
 from dmrnet.modalities import Combination, ModalitySet
 
 RESULT_FILES = ("results.json", "results.csv", "results.md", "results.png")
+# Written beside them when the report has calibrated confidences (see docs/calibration.md).
+CONFIDENCE_PLOTS = ("reliability.png", "risk_coverage.png")
 
 
 @dataclass
@@ -49,22 +66,42 @@ class EvaluationReport:
     availability_p: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
     class_names: tuple[str, ...] | None = None  # labels of the per-class metrics
+    # Per-modality availability probabilities of the "expected_availability" summary.
+    availability: dict[str, float] | None = None
+    # The validation calibration applied (stored in the checkpoint after training), and per
+    # combination the (confidence before, confidence after, correct) of the evaluated samples,
+    # for the plots; results.json holds its metrics under "calibration".
+    calibration: Calibration | None = None
+    confidences: dict[Combination, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict
+    )
 
     def values(self, metric: str | None = None) -> list[float]:
         metric = metric or self.metric
         return [r.metrics[metric] for r in self.results]
 
     def summary(self, metric: str | None = None) -> dict[str, float | None]:
+        """`summarize`, plus the expected value with every modality available with probability
+        0.9 and, when given, under the per-modality `availability` (unnamed modalities:
+        `availability_p`)."""
         metric = metric or self.metric
-        from dmrnet.metrics import summarize  # lazy: torchmetrics is slow to import
-
-        return summarize(
-            self.values(metric),
-            [r.combination for r in self.results],
+        values, combinations = self.values(metric), [r.combination for r in self.results]
+        summary = summarize(
+            values,
+            combinations,
             self.modalities,
             higher_is_better=self.higher_is_better[metric],
             availability_p=self.availability_p,
         )
+        summary["expected_all_p0.9"] = expected_value(values, combinations, self.modalities, 0.9)
+        if self.availability:
+            probabilities = availability_vector(
+                self.availability, self.modalities, self.availability_p
+            )
+            summary["expected_availability"] = expected_value(
+                values, combinations, self.modalities, probabilities
+            )
+        return summary
 
     def to_dict(self) -> dict[str, Any]:
         """The results.json of a run (values are fractions)."""
@@ -95,6 +132,11 @@ class EvaluationReport:
                 "classes": list(self.class_names or range(count)),
                 "combinations": rows,
             }
+        if self.availability:
+            data["availability"] = {
+                **dict.fromkeys(self.modalities.names, self.availability_p),
+                **self.availability,
+            }
         data.update(self.extra)
         return data
 
@@ -108,18 +150,28 @@ class EvaluationReport:
         self._write_csv(paths[1])
         write_text(paths[2], self.markdown())
         plot_report(self, paths[3])
+        if self.confidences:
+            reliability, risk_coverage = (directory / name for name in CONFIDENCE_PLOTS)
+            plot_reliability(self, reliability)
+            plot_risk_coverage(self, risk_coverage)
+            paths += [reliability, risk_coverage]
         return paths
 
     def _write_csv(self, path: Path) -> None:
         metrics = list(self.higher_is_better)
+        calibration = self.extra.get("calibration", {})
+        # Per-combination calibration columns: temperature, every metric before/after, coverage.
+        columns = [k for k in calibration if isinstance(calibration[k], dict)]
+        columns = [k for k in columns if k not in ("auroc_pooled", "decision_threshold")]
         with atomic_write(path, newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["combination", "size", "samples", *metrics, "variance"])
+            writer.writerow(["combination", "size", "samples", *metrics, "variance", *columns])
             for r in self.results:
                 writer.writerow(
                     [r.name, len(r.combination), r.samples]
                     + [f"{r.metrics[m]:.6f}" for m in metrics]
                     + ["" if r.variance is None else f"{r.variance:.6f}"]
+                    + [_number(calibration[k].get(r.name), 6, "") for k in columns]
                 )
 
     def markdown(self) -> str:
@@ -145,6 +197,8 @@ class EvaluationReport:
             for index, name in enumerate(classes):
                 cells = [_percent(r.per_class[metric][index]) for r in rows]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if "calibration" in self.extra:
+            lines += ["", *calibration_markdown(self.extra["calibration"], self.results)]
         return "\n".join(lines) + "\n"
 
     def rich_table(self) -> Any:
@@ -170,6 +224,47 @@ class EvaluationReport:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+
+def _number(value: float | None, digits: int = 3, missing: str = "n/a") -> str:
+    return missing if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def calibration_markdown(
+    section: dict[str, Any], results: Sequence[CombinationResult]
+) -> list[str]:
+    """The Markdown table of a results.json "calibration" section, one row per combination."""
+    target = section.get("target_accuracy")
+    header = (
+        "| combination | T | NLL before / after | ECE before / after | AUROC | acc@90% | AURC |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
+    if target is not None:
+        header += f" coverage at {_percent(target)} (val / this split) |"
+        rule += "---:|"
+    lines = [f"## Calibration ({section['method']} scaling fitted on validation)", "", header, rule]
+    for r in results:
+        cells = [
+            _number(section["temperature"][r.name], 2),
+            f"{_number(section['nll_before'][r.name])} / {_number(section['nll_after'][r.name])}",
+            f"{_number(section['ece_before'][r.name])} / {_number(section['ece_after'][r.name])}",
+            _number(section["auroc_after"][r.name]),
+            _percent(section["accuracy_at_90_after"][r.name]),
+            _number(section["aurc_after"][r.name]),
+        ]
+        if target is not None:
+            cells.append(
+                f"{_percent(section['coverage_validation'][r.name])} / "
+                f"{_percent(section['coverage'][r.name])}"
+            )
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    pooled = section["auroc_pooled"]
+    lines += [
+        "",
+        "Error-detection AUROC pooled over combinations: "
+        + ", ".join(f"{k} {_number(v)}" for k, v in pooled.items()),
+    ]
+    return lines
 
 
 def plot_report(report: EvaluationReport, path: Path) -> None:
@@ -226,6 +321,74 @@ def plot_report(report: EvaluationReport, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_reliability(report: EvaluationReport, path: Path) -> None:
+    """Reliability diagrams, one panel per combination size (the combinations of a size pooled):
+    accuracy against mean confidence in the 15 equal-width confidence bins of the ECE, before and
+    after temperature scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({len(c) for c in report.confidences})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.4), squeeze=False)
+    edges = torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float64)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        parts = [v for c, v in report.confidences.items() if len(c) == size]
+        correct = torch.cat([p[2] for p in parts]).double()
+        for index, label in ((0, "before"), (1, "after")):
+            confidence = torch.cat([p[index] for p in parts]).double()
+            bins = torch.bucketize(confidence, edges[1:-1], right=True)
+            counts = torch.bincount(bins, minlength=ECE_BINS)
+            filled = counts > 0
+            mean_confidence = torch.bincount(bins, confidence, ECE_BINS)[filled] / counts[filled]
+            accuracy = torch.bincount(bins, correct, ECE_BINS)[filled] / counts[filled]
+            ax.plot(mean_confidence, accuracy, marker="o", markersize=3, label=label)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{size} modalit{'y' if size == 1 else 'ies'} ({len(parts)} comb.)")
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(loc="upper left")
+    fig.suptitle(f"{report.method} on {report.dataset} ({report.split}): reliability")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def plot_risk_coverage(report: EvaluationReport, path: Path) -> None:
+    """Risk (error rate of the kept samples) against coverage when keeping the most confident
+    samples by calibrated confidence, one curve per combination coloured by its size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    largest = max(len(c) for c in report.confidences)
+    colors = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    for size in range(1, largest + 1):
+        label = f"{size} modalit{'y' if size == 1 else 'ies'}"
+        for combination, (_, after, correct) in report.confidences.items():
+            if len(combination) != size or not correct.numel():
+                continue
+            _, accuracy = sorted_by_confidence(after, correct)
+            coverage = torch.arange(1, accuracy.numel() + 1) / accuracy.numel()
+            color = colors(size / largest)
+            ax.plot(coverage, 1 - accuracy, color=color, linewidth=1, alpha=0.7, label=label)
+            label = None
+    ax.set_xlabel("coverage (fraction of samples kept)")
+    ax.set_ylabel("risk (error rate of kept samples)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, None)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{report.method} on {report.dataset} ({report.split}): risk-coverage")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
 def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     return {
         "inputs": {k: v.to(device) for k, v in batch["inputs"].items()},
@@ -248,10 +411,13 @@ class CombinationEvaluator(nn.Module):
         combinations: Sequence[Combination] | None = None,
         calibration: Mapping[Combination, float] | None = None,
         calibrating: bool = False,
+        collect: bool = False,
     ) -> None:
-        """`calibration`: per-combination values from `calibrate_combinations` (the task then
-        decides with them); `calibrating`: accumulate the task's calibration metric instead of
-        its metrics (results then hold one value, "calibration", per combination)."""
+        """`calibration`: per-combination decision values from `calibrate_combinations` (the
+        task then decides with them); `calibrating`: accumulate the task's calibration metric, if
+        it has one, instead of its metrics (results then hold one value, "calibration", per
+        combination); `collect`: also collect every combination's logits (`collected()`), for
+        temperature scaling and the confidence metrics."""
         super().__init__()
         self.modalities: ModalitySet = method.modalities
         self.combinations = list(combinations or self.modalities.combinations())
@@ -271,6 +437,9 @@ class CombinationEvaluator(nn.Module):
                 for c in self.combinations
             ]
         )
+        self.collector = (
+            CombinationLogits(getattr(method.task, "ignore_index", None)) if collect else None
+        )
         count = len(self.combinations)
         self.register_buffer("variance_sum", torch.zeros(count, dtype=torch.float64))
         self.register_buffer("samples", torch.zeros(count, dtype=torch.float64))
@@ -281,6 +450,8 @@ class CombinationEvaluator(nn.Module):
         for metrics in self.metrics:
             for metric in metrics.values():
                 metric.reset()
+        if self.collector is not None:
+            self.collector.reset()
         self.variance_sum.zero_()
         self.samples.zero_()
 
@@ -301,9 +472,14 @@ class CombinationEvaluator(nn.Module):
         # A sample counts for a combination only if it has every modality the combination uses.
         usable = (present.unsqueeze(0) | ~self.masks.unsqueeze(1)).all(-1)  # (C, B)
         self.samples += usable.sum(1)
+        variance = None
         if outputs[0].variance is not None:
             variance = torch.stack([o.variance for o in outputs]).double()  # (C, B)
             self.variance_sum += (variance * usable).sum(1)
+        if self.collector is not None:
+            self.collector.update(
+                torch.stack([o.logits for o in outputs]), target, usable, variance
+            )
         if self.combined is not None:
             self.combined.update(torch.stack([o.logits for o in outputs]), target, usable)
             return
@@ -351,6 +527,11 @@ class CombinationEvaluator(nn.Module):
             )
         return results
 
+    def collected(self) -> dict[str, torch.Tensor]:
+        """The collected logits (see `CombinationLogits.compute`); needs `collect=True`."""
+        assert self.collector is not None, "built without collect=True"
+        return self.collector.compute()
+
 
 def _combination_metrics(
     task: Any,
@@ -359,7 +540,8 @@ def _combination_metrics(
     calibrating: bool,
 ) -> nn.ModuleDict:
     if calibrating:
-        return nn.ModuleDict({"calibration": task.make_calibration()})
+        calibration = task.make_calibration()
+        return nn.ModuleDict({} if calibration is None else {"calibration": calibration})
     if calibration is not None and combination in calibration:
         return task.make_calibrated_metrics(calibration[combination])
     return task.make_metrics()
@@ -377,7 +559,26 @@ def evaluate_combinations(
 ) -> list[CombinationResult]:
     """Metrics of `method` on every combination (default: all 2^M - 1) over a data loader
     (`calibration` and `calibrating` as in `CombinationEvaluator`)."""
-    evaluator = CombinationEvaluator(method, combinations, calibration, calibrating).to(device)
+    return _evaluate_pass(
+        method, loader, combinations, device, batched, calibration, calibrating
+    ).compute()
+
+
+@torch.no_grad()
+def _evaluate_pass(
+    method: Any,
+    loader: DataLoader,
+    combinations: Sequence[Combination] | None,
+    device: str | torch.device,
+    batched: bool = True,
+    calibration: Mapping[Combination, float] | None = None,
+    calibrating: bool = False,
+    collect: bool = False,
+) -> CombinationEvaluator:
+    """One pass over `loader`; the evaluator holds what it accumulated."""
+    evaluator = CombinationEvaluator(
+        method, combinations, calibration, calibrating, collect=collect
+    ).to(device)
     was_training = method.training
     method.eval()
     try:
@@ -385,7 +586,7 @@ def evaluate_combinations(
             evaluator.update(method, to_device(batch, device), batched=batched)
     finally:
         method.train(was_training)
-    return evaluator.compute()
+    return evaluator
 
 
 def calibrate_combinations(
@@ -393,14 +594,23 @@ def calibrate_combinations(
     loader: DataLoader,
     combinations: Sequence[Combination] | None = None,
     device: str | torch.device = "cpu",
-) -> dict[Combination, float] | None:
-    """The task's calibration value per combination on held-out data (the validation split),
-    e.g. presentation-attack detection's equal-error threshold; None when the task has none.
-    Combinations without usable samples get none (their metrics stay uncalibrated)."""
-    if method.task.make_calibration() is None:
-        return None
-    results = evaluate_combinations(method, loader, combinations, device=device, calibrating=True)
-    return {r.combination: r.metrics["calibration"] for r in results if r.samples}
+) -> Calibration:
+    """Calibrate every combination on held-out data (the validation split) in one pass: the
+    temperatures, risk-coverage curves and variance statistics of dmrnet.calibration, and the
+    task's own decision value, e.g. presentation-attack detection's equal-error threshold
+    (`decision`: None when the task has none; combinations without usable samples get none,
+    their metrics stay uncalibrated)."""
+    started = time.perf_counter()
+    evaluator = _evaluate_pass(method, loader, combinations, device, calibrating=True, collect=True)
+    results = evaluator.compute()
+    decision = (
+        None
+        if method.task.make_calibration() is None
+        else {r.combination: r.metrics["calibration"] for r in results if r.samples}
+    )
+    calibration = fit_calibration(evaluator.collected(), evaluator.combinations, decision)
+    calibration.seconds = time.perf_counter() - started
+    return calibration
 
 
 def build_report(
@@ -413,25 +623,40 @@ def build_report(
     availability_p: float = 0.5,
     device: str | torch.device = "cpu",
     calibration_loader: DataLoader | None = None,
+    calibration: Calibration | None = None,
+    target_accuracy: float | None = None,
+    availability: dict[str, float] | None = None,
 ) -> EvaluationReport:
-    """Evaluate and report. A task that calibrates its decisions (see `Task.make_calibration`)
-    is calibrated on `calibration_loader` (the validation split) first, and the values are
-    recorded in the report (results.json: "calibration")."""
+    """Evaluate and report. `calibration` (e.g. the one stored in the checkpoint), else one
+    fitted on `calibration_loader` (the validation split) by `calibrate_combinations`, is
+    applied: the task decides with its decision values, and the confidence metrics before and
+    after temperature scaling (with the coverage that `target_accuracy` costs) are recorded
+    (results.json: "calibration"). Without either, no calibration is reported."""
     task = method.task
-    calibration = (
-        None
-        if calibration_loader is None
-        else calibrate_combinations(method, calibration_loader, combinations, device=device)
+    if calibration is None and calibration_loader is not None:
+        calibration = calibrate_combinations(method, calibration_loader, combinations, device)
+    evaluator = _evaluate_pass(
+        method,
+        loader,
+        combinations,
+        device,
+        calibration=None if calibration is None else calibration.decision,
+        collect=calibration is not None,
     )
-    results = evaluate_combinations(
-        method, loader, combinations, device=device, calibration=calibration
-    )
+    results = evaluator.compute()
     extra: dict[str, Any] = {}
+    confidences = {}
     if calibration is not None:
-        extra["calibration"] = {
-            "split": "validation",
-            "values": {method.modalities.format(c): v for c, v in calibration.items()},
-        }
+        collected = evaluator.collected()
+        section = confidence_report(
+            collected, evaluator.combinations, calibration, method.modalities, target_accuracy
+        )
+        if calibration.decision is not None:
+            section["decision_threshold"] = {
+                method.modalities.format(c): v for c, v in calibration.decision.items()
+            }
+        extra["calibration"] = section
+        confidences = confidence_samples(collected, evaluator.combinations, calibration)
     return EvaluationReport(
         dataset=dataset,
         method=method_name,
@@ -443,4 +668,23 @@ def build_report(
         availability_p=availability_p,
         extra=extra,
         class_names=getattr(getattr(method, "spec", None), "class_names", None),
+        availability=availability,
+        calibration=calibration,
+        confidences=confidences,
     )
+
+
+def confidence_samples(
+    collected: Mapping[str, torch.Tensor],
+    combinations: Sequence[Combination],
+    calibration: Calibration,
+) -> dict[Combination, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per combination: (confidence before, confidence after calibration, correct) of its
+    usable samples, what the reliability and risk-coverage plots draw."""
+    samples = {}
+    for index, combination in enumerate(combinations):
+        logits, target, _ = usable_samples(collected, index)
+        before, prediction = logits.softmax(-1).max(-1)
+        after = (logits / calibration.temperature(combination)).softmax(-1).max(-1).values
+        samples[combination] = (before, after, prediction == target)
+    return samples

@@ -3,6 +3,7 @@ presentation-attack-detection metrics of ISO/IEC 30107-3 (APCER, BPCER, ACER).""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,13 +29,26 @@ def summarize(
         raise ValueError("no combinations to summarize")
     worst = min(values) if higher_is_better else max(values)
     full = modalities.full
-    weights = availability_weights(modalities, combinations, availability_p)
     return {
         "mean": sum(values) / len(values),
         "worst": worst,
         "full": values[list(combinations).index(full)] if full in combinations else None,
-        f"expected_p{availability_p:g}": sum(w * v for w, v in zip(weights, values, strict=True)),
+        f"expected_p{availability_p:g}": expected_value(
+            values, combinations, modalities, availability_p
+        ),
     }
+
+
+def expected_value(
+    values: Sequence[float],
+    combinations: Sequence[Combination],
+    modalities: ModalitySet,
+    availability: float | Sequence[float],
+) -> float:
+    """The metric expected when each modality is available independently with its probability
+    (one for all, or one per modality), over the non-empty combinations evaluated."""
+    weights = availability_weights(modalities, combinations, availability)
+    return sum(w * v for w, v in zip(weights, values, strict=True))
 
 
 class CombinationAccuracy(Metric):
@@ -256,3 +270,155 @@ class EqualErrorThreshold(Metric):
                 f"cannot calibrate the PAD decision threshold on the validation split: {error}; "
                 "use threshold 'argmax' or a validation split with both classes"
             ) from None
+
+
+# -- confidence: calibration and selective prediction (docs/calibration.md) ----------------------
+#
+# The confidence of a prediction is the largest class probability. The metrics below are computed
+# per modality combination from that combination's logits; a dense task (segmentation) counts each
+# pixel as a sample (a fixed-size random subset of each batch's valid pixels, see
+# `CombinationLogits`).
+
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
+COVERAGES = (0.9, 0.8, 0.5)  # accuracy at these fractions of the most confident samples
+
+# Each confidence metric and whether higher is better, declared once.
+CONFIDENCE_METRICS: dict[str, bool] = {
+    "nll": False,
+    "brier": False,
+    "ece": False,
+    "ece_floor": False,  # the ECE that sampling noise alone gives (see `calibration_error_floor`)
+    "auroc": True,  # of 1 - confidence as a detector of errors
+    **{f"accuracy_at_{round(100 * c)}": True for c in COVERAGES},
+    "aurc": False,  # area under the risk-coverage curve
+}
+
+
+def sorted_by_confidence(
+    confidence: torch.Tensor, correct: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence descending, accuracy of the k most confident samples for k = 1..N)."""
+    order = torch.argsort(confidence, descending=True, stable=True)
+    hits = correct[order].double().cumsum(0)
+    return confidence[order], hits / torch.arange(1, hits.numel() + 1, dtype=torch.float64)
+
+
+def calibration_error_floor(confidence: torch.Tensor, draws: int = 200, seed: int = 0) -> float:
+    """The ECE that sampling noise alone gives on these samples: the mean ECE (the 15 bins of
+    torchmetrics' `CalibrationError`) when each sample's correctness is drawn with probability
+    its confidence, i.e. the ECE of a perfectly calibrated model with these confidences. On a
+    few hundred samples it is not small, so an ECE near it is as good as this many samples can
+    show."""
+    confidence = confidence.double().flatten()
+    boundaries = torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float64)
+    bins = (torch.bucketize(confidence, boundaries, right=True) - 1).expand(draws, -1)
+    generator = torch.Generator().manual_seed(seed)
+    outcomes = torch.rand(draws, confidence.numel(), generator=generator, dtype=torch.float64)
+    gaps = (outcomes < confidence).double() - confidence  # (draws, N) correct - confidence
+    per_bin = torch.zeros(draws, ECE_BINS + 1, dtype=torch.float64).scatter_add_(1, bins, gaps)
+    return float(per_bin.abs().sum(1).mean() / confidence.numel())
+
+
+def confidence_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """NLL, Brier score, ECE (15 equal-width bins, torchmetrics) and its sampling-noise floor,
+    AUROC of 1 - confidence for
+    telling errors from correct predictions (torchmetrics; NaN when there are no errors or no
+    correct predictions), accuracy at 90/80/50% coverage and the area under the risk-coverage
+    curve, of logits (N, K) against targets (N,). All NaN for N = 0."""
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        multiclass_calibration_error,
+    )
+
+    if target.numel() == 0:
+        return dict.fromkeys(CONFIDENCE_METRICS, float("nan"))
+    logits, target = logits.double(), target.long()
+    probabilities = logits.softmax(-1)  # (N, K)
+    confidence, prediction = probabilities.max(-1)
+    correct = prediction == target
+    classes = logits.shape[-1]
+    onehot = torch.nn.functional.one_hot(target, classes).double()
+    values = {
+        "nll": float(torch.nn.functional.cross_entropy(logits, target)),
+        "brier": float(((probabilities - onehot) ** 2).sum(-1).mean()),
+        "ece": float(
+            multiclass_calibration_error(
+                probabilities, target, classes, ECE_BINS, norm="l1", validate_args=False
+            )
+        ),
+        "ece_floor": calibration_error_floor(confidence),
+        "auroc": float(binary_auroc(1.0 - confidence, (~correct).long()))
+        if 0 < int(correct.sum()) < correct.numel()
+        else float("nan"),
+    }
+    _, accuracy = sorted_by_confidence(confidence, correct)
+    for coverage in COVERAGES:
+        kept = max(1, math.ceil(coverage * accuracy.numel()))
+        values[f"accuracy_at_{round(100 * coverage)}"] = float(accuracy[kept - 1])
+    # Risk = 1 - accuracy of the k most confident samples, averaged over k = 1..N.
+    values["aurc"] = float((1.0 - accuracy).mean())
+    return values
+
+
+class CombinationLogits(Metric):
+    """Collects the logits of C combinations at once, with the targets, which combinations may
+    use each sample, and the embedding variances: what temperature scaling fits on (validation)
+    and what `confidence_metrics` reads (test).
+
+    update(logits (C, B, K) or dense (C, B, K, ...), target (B,) or (B, ...), usable (C, B),
+    variance (C, B) or None). A dense task stores at most `max_pixels` valid pixels per batch,
+    drawn with a fixed seed (all pixels of a test split would not fit in memory); each pixel is
+    then a sample, with its image's usability and variance. States are concatenated across DDP
+    processes."""
+
+    full_state_update = False
+
+    def __init__(
+        self, ignore_index: int | None = None, max_pixels: int = 4096, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ignore_index = ignore_index
+        self.max_pixels = max_pixels
+        self.generator = torch.Generator().manual_seed(0)
+        for state in ("logits", "target", "usable", "variance"):
+            self.add_state(state, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        usable: torch.Tensor,
+        variance: torch.Tensor | None = None,
+    ) -> None:
+        count, batch, classes = logits.shape[:3]
+        if variance is None:
+            variance = torch.full((count, batch), float("nan"), device=logits.device)
+        if logits.dim() == 3:
+            sample = torch.arange(batch, device=logits.device)
+            selected = logits.detach().permute(1, 0, 2)  # (B, C, K)
+            labels = target
+        else:
+            pixels = logits.shape[3:].numel()
+            flat_target = target.reshape(batch, pixels)
+            valid = torch.ones_like(flat_target, dtype=torch.bool)
+            if self.ignore_index is not None:
+                valid = flat_target != self.ignore_index
+            positions = torch.nonzero(valid.flatten()).flatten()
+            if positions.numel() > self.max_pixels:
+                keep = torch.randperm(positions.numel(), generator=self.generator)
+                positions = positions[keep[: self.max_pixels].to(positions.device)]
+            sample, pixel = positions // pixels, positions % pixels
+            # Advanced indices first: (N, C, K) for the chosen (image, pixel) pairs.
+            selected = logits.detach().reshape(count, batch, classes, pixels)[:, sample, :, pixel]
+            labels = flat_target[sample, pixel]
+        self.logits.append(selected.float())
+        self.target.append(labels.long())
+        self.usable.append(usable[:, sample].T)
+        self.variance.append(variance.detach()[:, sample].T.float())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """{"logits": (N, C, K), "target": (N,), "usable": (N, C), "variance": (N, C)}."""
+        return {
+            name: dim_zero_cat(getattr(self, name))
+            for name in ("logits", "target", "usable", "variance")
+        }

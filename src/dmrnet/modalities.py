@@ -10,6 +10,7 @@ Conventions used everywhere in dmrnet:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -83,7 +84,9 @@ class ModalitySet:
         lookup = torch.full((2 ** len(self.names),), -1, dtype=torch.long)
         for index, combination in enumerate(self.combinations()):
             lookup[sum(1 << i for i in combination)] = index
-        bits = (masks.long() << torch.arange(len(self.names), device=masks.device)).sum(-1)
+        # Powers of two as a product, not a shift: exported graphs (ONNX) have no bit shift.
+        powers = 2 ** torch.arange(len(self.names), device=masks.device)
+        bits = (masks.long() * powers).sum(-1)
         return lookup.to(masks.device)[bits]
 
 
@@ -149,10 +152,17 @@ class CombinationSampler:
 
 
 def availability_weights(
-    modalities: ModalitySet, combinations: Sequence[Combination], p: float
+    modalities: ModalitySet, combinations: Sequence[Combination], p: float | Sequence[float]
 ) -> list[float]:
-    """P(combination | non-empty) when each modality is available independently with prob. p."""
+    """P(combination | non-empty) when each modality is available independently with prob. p
+    (one p for all, or one per modality in the set's order)."""
     m = len(modalities)
-    raw = [p ** len(c) * (1.0 - p) ** (m - len(c)) for c in combinations]
+    probabilities = [float(p)] * m if isinstance(p, int | float) else [float(q) for q in p]
+    if len(probabilities) != m:
+        raise ValueError(f"{len(probabilities)} availability probabilities for {m} modalities")
+    raw = [
+        math.prod(q if i in c else 1.0 - q for i, q in enumerate(probabilities))
+        for c in combinations
+    ]
     total = sum(raw)
     return [w / total for w in raw]

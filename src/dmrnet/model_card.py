@@ -108,15 +108,23 @@ def model_card(config: Config, spec: DataSpec, report: EvaluationReport) -> str:
 
 
 def calibration_text(calibration: Any) -> str:
+    """The results.json "calibration" section in words (docs/calibration.md)."""
     if not calibration:
         return "None: probabilities are the softmax of the model's logits."
-    values = calibration.get("values", {})
-    shown = ", ".join(f"{k}: {v:.4g}" for k, v in list(values.items())[:6])
-    more = f" (and {len(values) - 6} more)" if len(values) > 6 else ""
-    return (
-        f"Decision values calibrated per combination on the {calibration.get('split', '?')} "
-        f"split (results.json: calibration): {shown}{more}."
+    temperatures = calibration.get("temperature", {})
+    shown = ", ".join(f"{k}: T = {v:.3g}" for k, v in list(temperatures.items())[:6])
+    more = f" (and {len(temperatures) - 6} more)" if len(temperatures) > 6 else ""
+    text = (
+        "Temperature scaling per combination, fitted on the validation split after training "
+        f"(results.json: calibration): {shown}{more}."
     )
+    thresholds = calibration.get("decision_threshold") or {}
+    if thresholds:
+        text += (
+            f" Decision thresholds per combination ({len(thresholds)} of them) are applied by "
+            "evaluate and predict."
+        )
+    return text
 
 
 def write_model_card(

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from dmrnet.calibration import Calibration, check_availability, read_calibration, store_calibration
 from dmrnet.checks import check_splits
 from dmrnet.config import Config, apply_overrides, parse_config, read_yaml
 from dmrnet.data import DataSplits, build_data
@@ -365,7 +366,11 @@ def fit_stage(run: RunPlan, index: int, guard: SignalGuard) -> None:
 def test_evaluation(run: RunPlan) -> tuple[LoadedRun, EvaluationReport]:
     """The run's best checkpoint, evaluated on every combination of the test split."""
     loaded = load_checkpoint(resolve_checkpoint(run.run_dir))
-    return loaded, evaluate_model(loaded.method, loaded.config, run.data, "test")
+    report = evaluate_model(loaded.method, loaded.config, run.data, "test")
+    if report.calibration is not None and _is_rank_zero():
+        # Fitted on validation after training: predict and evaluate reuse it.
+        store_calibration(loaded.checkpoint, report.calibration, run.data.spec.modalities)
+    return loaded, report
 
 
 def write_reports(run: RunPlan, loaded: LoadedRun, report: EvaluationReport) -> None:
@@ -610,6 +615,7 @@ class LoadedRun:
     config: Config
     spec: DataSpec
     checkpoint: Path
+    calibration: Calibration | None = None  # fitted after training (dmrnet.calibration)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -680,7 +686,8 @@ def load_checkpoint(path: str | Path) -> LoadedRun:
         first = str(error).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match the stored config: {first}") from None
     method.eval()
-    return LoadedRun(method=method, config=config, spec=spec, checkpoint=path)
+    calibration = read_calibration(checkpoint["dmrnet"], spec.modalities)
+    return LoadedRun(method, config, spec, path, calibration)
 
 
 def evaluate_model(
@@ -689,7 +696,9 @@ def evaluate_model(
     data: DataSplits,
     split: str,
     combinations: list[Combination] | None = None,
+    calibration: Calibration | None = None,
 ) -> EvaluationReport:
+    """Evaluate `split` with `calibration`, else one fitted on the validation split."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
     dataset = getattr(data, split)
@@ -704,14 +713,23 @@ def evaluate_model(
         split=split,
         combinations=combinations,
         availability_p=config.eval.availability_p,
-        # A task that calibrates its decisions (PAD's equal-error threshold) does so on validation.
+        # Temperatures and the task's decision values (PAD's equal-error threshold).
         calibration_loader=make_loader(
             data.val, config.eval.batch_size, False, config.data.num_workers
         ),
+        calibration=calibration,
+        target_accuracy=config.eval.target_accuracy,
+        availability=_availability(method, config),
     )
     if method.hcr.enabled:  # what the HCR selected, and on which statistics
         report.extra["hcr"] = method.hcr.summary()
     return report
+
+
+def _availability(method: Method, config: Config) -> dict[str, float] | None:
+    if config.eval.availability is not None:
+        check_availability(config.eval.availability, method.modalities, "eval.availability")
+    return config.eval.availability
 
 
 def _parse(method: Method, text: str, key: str) -> Combination:
@@ -727,9 +745,14 @@ def evaluate_run(
     combinations: list[str] | None = None,
     data_root: str | Path | None = None,
     out_dir: str | Path | None = None,
+    availability: dict[str, float] | None = None,
+    target_accuracy: float | None = None,
 ) -> tuple[EvaluationReport, Path]:
     """Evaluate a trained run (or checkpoint) on every (or the given) combination and write the
-    reports into `out_dir`; returns the report and where it was written.
+    reports into `out_dir`; returns the report and where it was written. `availability` and
+    `target_accuracy` replace the stored config's `eval.availability` and
+    `eval.target_accuracy`. A checkpoint without calibration (trained before it existed) is
+    calibrated on validation now and the calibration stored in it.
 
     A run's own results are never overwritten: by default the reports go to
     RUN/evaluations/<split>-<checkpoint>[-<combinations>]/ (beside the checkpoint's folder for
@@ -743,6 +766,13 @@ def evaluate_run(
         stored = _stored_config(read_checkpoint(checkpoint), checkpoint)
         _check_method(stored, load_run_config(run_dir), checkpoint)
     loaded = load_checkpoint(checkpoint)
+    if availability is not None:
+        check_availability(availability, loaded.spec.modalities, "--availability")
+    changes = {"availability": availability, "target_accuracy": target_accuracy}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if changes:
+        evaluation = loaded.config.eval.model_copy(update=changes)
+        loaded.config = loaded.config.model_copy(update={"eval": evaluation})
     parsed = parse_combinations(loaded.method, combinations, "--combinations")
     if out_dir is None:
         name = _evaluation_name(split, loaded.checkpoint, combinations)
@@ -751,7 +781,10 @@ def evaluate_run(
     if out_dir.exists() and not out_dir.is_dir():
         raise DmrnetError(f"--out {out_dir}: is a file; cannot write the reports into it")
     data = build_data_for(loaded.config, data_root)
-    report = evaluate_model(loaded.method, loaded.config, data, split, parsed)
+    report = evaluate_model(loaded.method, loaded.config, data, split, parsed, loaded.calibration)
+    if loaded.calibration is None and report.calibration is not None and parsed is None:
+        store_calibration(loaded.checkpoint, report.calibration, loaded.spec.modalities)
+        log.info("calibration fitted on validation and stored in %s", loaded.checkpoint)
     report.write(out_dir)
     write_pictures(loaded.method, getattr(data, split), report, out_dir)
     return report, out_dir

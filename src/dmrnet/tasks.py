@@ -51,6 +51,11 @@ class Task:
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def decide(self, logits: torch.Tensor, decision: torch.Tensor | None) -> torch.Tensor:
+        """`predict`, deciding with the values of `make_calibration` fitted on validation, one
+        per sample (B,) (None: not calibrated). Tasks without calibration predict."""
+        return self.predict(logits)
+
     def make_metrics(self) -> nn.ModuleDict:
         """Fresh torchmetrics objects keyed by metric name (they sync across DDP processes)."""
         raise NotImplementedError
@@ -283,6 +288,17 @@ class PresentationAttackTask(ClassificationTask):
 
     def make_calibrated_metrics(self, calibration: float) -> nn.ModuleDict:
         return self._metrics(float(calibration), self_calibrate=False)
+
+    def decide(self, logits: torch.Tensor, decision: torch.Tensor | None) -> torch.Tensor:
+        """Bona fide where the bona fide log-odds reach the sample's threshold (as the metrics
+        decide with `make_calibrated_metrics`); argmax when there is none."""
+        if decision is None:
+            return self.predict(logits)
+        from dmrnet.metrics import pad_scores
+
+        accepted = pad_scores(logits, self.bona_fide_class) >= decision.to(logits)
+        bona_fide = torch.full_like(accepted, self.bona_fide_class, dtype=torch.long)
+        return torch.where(accepted, bona_fide, 1 - bona_fide)
 
 
 TASKS: Registry[type[Task]] = Registry("task")

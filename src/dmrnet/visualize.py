@@ -181,8 +181,8 @@ def prediction_grid(
 
 
 def write_masks(prediction: Any, out_dir: str | Path, spec: Any) -> list[Path]:
-    """Colour masks of predicted label maps: mask_0000.png ..., labels.npz (labels, variance,
-    present) and classes.csv (index, name, colour)."""
+    """Colour masks of predicted label maps: mask_0000.png ..., labels.npz (labels, confidence,
+    abstained, embedding_variance, present) and classes.csv (index, name, colour)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = prediction.labels.cpu().numpy()
@@ -195,8 +195,10 @@ def write_masks(prediction: Any, out_dir: str | Path, spec: Any) -> list[Path]:
         "labels": labels.astype(np.uint8 if spec.num_classes <= 256 else np.int32),
         "present": prediction.present.cpu().numpy(),
     }
-    if prediction.variance is not None:
-        arrays["variance"] = prediction.variance.cpu().numpy()
+    arrays["confidence"] = prediction.confidence.cpu().numpy()
+    arrays["abstained"] = prediction.abstained.cpu().numpy()
+    if prediction.embedding_variance is not None:
+        arrays["embedding_variance"] = prediction.embedding_variance.cpu().numpy()
     np.savez_compressed(out_dir / "labels.npz", **arrays)
     names = spec.class_names or tuple(str(i) for i in range(spec.num_classes))
     with (out_dir / "classes.csv").open("w", newline="") as handle:

@@ -302,6 +302,6 @@ def test_one_short_epoch_end_to_end_through_the_cli(surf_root: Path, tmp_path: P
         assert acer == pytest.approx((apcer + bpcer) / 2)
     # threshold: eer -> one threshold per combination, calibrated on the validation list.
     assert results["calibration"]["split"] == "validation"
-    assert set(results["calibration"]["values"]) == set(results["combinations"])
+    assert set(results["calibration"]["decision_threshold"]) == set(results["combinations"])
     assert results["samples"]["rgb+depth+ir"] == 4
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()

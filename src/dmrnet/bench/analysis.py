@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any
 
 from dmrnet.bench.report import mean_std
+from dmrnet.calibration import calibration_analysis
 
 Dataset = dict[str, Any]
 
@@ -253,4 +254,5 @@ ANALYSES: dict[str, Callable[[Dataset], list[str]]] = {
     "ladder": ladder_markdown,
     "variance": variance_markdown,
     "metrics": metrics_markdown,
+    "calibration": calibration_analysis,  # dmrnet.calibration: ECE, AUROC, coverage per method
 }
