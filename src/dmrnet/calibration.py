@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from dmrnet.errors import ConfigError
-from dmrnet.metrics import CONFIDENCE_METRICS, confidence_metrics, sorted_by_confidence
 from dmrnet.modalities import Combination, ModalitySet
 
 METHOD = "temperature"
@@ -95,6 +94,8 @@ class RiskCoverage:
 
     @classmethod
     def of(cls, confidence: torch.Tensor, correct: torch.Tensor) -> RiskCoverage:
+        from dmrnet.metrics import sorted_by_confidence  # lazy: torchmetrics is slow to import
+
         if confidence.numel() == 0:
             return cls([], [], [])
         ordered, accuracy = sorted_by_confidence(confidence, correct)
@@ -220,6 +221,8 @@ def confidence_report(
     and on this split; plus the error-detection AUROC pooled over combinations of 1 - confidence,
     the raw embedding variance and the per-combination standardized variance."""
     from torchmetrics.functional.classification import binary_auroc
+
+    from dmrnet.metrics import CONFIDENCE_METRICS, confidence_metrics
 
     name = modalities.format
     section: dict[str, Any] = {

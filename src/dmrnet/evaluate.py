@@ -29,13 +29,9 @@ from dmrnet.calibration import (
     usable_samples,
 )
 from dmrnet.files import atomic_write, save_figure, write_text
-from dmrnet.metrics import (
-    ECE_BINS,
-    CombinationLogits,
-    expected_value,
-    sorted_by_confidence,
-    summarize,
-)
+
+# dmrnet.metrics (torchmetrics) is imported where it is used: it costs about 2 s, and loading a
+# model for prediction needs none of it.
 from dmrnet.modalities import Combination, ModalitySet
 
 RESULT_FILES = ("results.json", "results.csv", "results.md", "results.png")
@@ -84,6 +80,8 @@ class EvaluationReport:
         """`summarize`, plus the expected value with every modality available with probability
         0.9 and, when given, under the per-modality `availability` (unnamed modalities:
         `availability_p`)."""
+        from dmrnet.metrics import expected_value, summarize
+
         metric = metric or self.metric
         values, combinations = self.values(metric), [r.combination for r in self.results]
         summary = summarize(
@@ -327,6 +325,8 @@ def plot_reliability(report: EvaluationReport, path: Path) -> None:
     after temperature scaling."""
     import matplotlib
 
+    from dmrnet.metrics import ECE_BINS
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -361,6 +361,8 @@ def plot_risk_coverage(report: EvaluationReport, path: Path) -> None:
     """Risk (error rate of the kept samples) against coverage when keeping the most confident
     samples by calibrated confidence, one curve per combination coloured by its size."""
     import matplotlib
+
+    from dmrnet.metrics import sorted_by_confidence
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -418,6 +420,8 @@ class CombinationEvaluator(nn.Module):
         it has one, instead of its metrics (results then hold one value, "calibration", per
         combination); `collect`: also collect every combination's logits (`collected()`), for
         temperature scaling and the confidence metrics."""
+        from dmrnet.metrics import CombinationLogits
+
         super().__init__()
         self.modalities: ModalitySet = method.modalities
         self.combinations = list(combinations or self.modalities.combinations())

@@ -26,7 +26,7 @@ def model_card(config: Config, spec: DataSpec, report: EvaluationReport) -> str:
     metric = report.metric
     higher = report.higher_is_better[metric]
     name = config.name or f"{config.model.method} on {spec.name}"
-    encoder = config.model.encoder
+    encoder = getattr(config.model, "encoder", None)  # the vector family names its encoders
     lines = [
         f"# Model card: {name}",
         "",
@@ -50,7 +50,8 @@ def model_card(config: Config, spec: DataSpec, report: EvaluationReport) -> str:
         "",
         "## Method",
         "",
-        f"- method: `{config.model.method}`; encoder `{encoder.name}` {dict(encoder.options)}",
+        f"- method: `{config.model.method}`"
+        + (f"; encoder `{encoder.name}` {dict(encoder.options)}" if encoder else ""),
         f"- training-time modality sampler: `{config.model.sampler.kind}`",
         f"- data: `{config.data.name}` {dict(config.data.options) or ''}".rstrip(),
         "",

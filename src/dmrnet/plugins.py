@@ -94,7 +94,10 @@ def required_plugins(config: Config) -> list[str]:
     from dmrnet.nn import ENCODERS
 
     entries = [METHODS.get(config.model.method), DATASETS.get(config.data.name)]
-    encoders = [config.model.encoder, *config.model.encoders.values()]
+    # Only the vector family names its encoders (dense and SURF networks are built in).
+    model = config.model
+    encoders = [getattr(model, "encoder", None), *getattr(model, "encoders", {}).values()]
+    encoders = [encoder for encoder in encoders if encoder is not None]
     entries += [ENCODERS.get(encoder.name) for encoder in encoders]
     modules = set(config.plugins)
     for entry in entries:

@@ -285,6 +285,11 @@ def open_run(run: RunPlan) -> Iterator[None]:
     handler = _add_file_log(run.run_dir) if _is_rank_zero() else None
     if lock is not None and lock.describe_stale():
         log.warning("%s", lock.describe_stale())
+    if lock is not None:
+        # A process killed between writing a temporary file and renaming it (files.atomic_write)
+        # leaves the temporary behind; with the lock held, no writer is using one.
+        for stale in run.run_dir.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     try:
         if _is_rank_zero() and (not run.resume or _config_changed(run)):
             write_text(run.run_dir / "config.yaml", _config_text(run.config))
