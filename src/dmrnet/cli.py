@@ -106,16 +106,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = load(args.run_dir, device=args.device)
     batch_size = args.batch_size or predictor.batch_size
     source = read_inputs(Path(args.input), predictor.spec.input_shapes, batch_size)
-    seen: set[tuple[bool, ...]] = set()  # presence rows, for the abstention cost
-    predictions = seen_combinations(
-        predictor.predict_batches(
-            source.batches,
-            batch_size,
-            min_confidence=args.min_confidence,
-            target_accuracy=_fraction(args.target_accuracy, "--target-accuracy"),
-        ),
-        seen,
+    # The API checks both abstention options (a one-line DataError).
+    predictions = predictor.predict_batches(
+        source.batches,
+        batch_size,
+        min_confidence=args.min_confidence,
+        target_accuracy=args.target_accuracy,
     )
+    seen: set[tuple[bool, ...]] = set()  # presence rows, only for the abstention cost
+    if args.target_accuracy is not None:
+        predictions = seen_combinations(predictions, seen)
     if source.ignored:
         print(f"ignored keys that are not modalities: {', '.join(source.ignored)}", file=sys.stderr)
     task = predictor.method.task
