@@ -72,9 +72,21 @@ TINY_VECTOR_ENCODER = {"name": "mlp", "options": {"hidden": [16], "dropout": 0.0
 TINY_RESNET_BRANCH = {"options": {"depth": 10, "width": 4}}
 
 
-def tiny_model_fields(method: str) -> dict[str, Any]:
+# Variants of a method checked beside its defaults, where its schema has the section they set:
+# the unimodal experts trained and predicting as a product of experts (dmrnet-plus's ingredient).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "experts": {"experts": {"weight": 0.5, "ensemble": True, "mix": 0.7}},
+}
+
+
+def variants(method: str) -> list[str | None]:
+    schema = METHODS.get(method).config_class.model_fields
+    return [None, *(name for name, fields in VARIANTS.items() if set(fields) <= set(schema))]
+
+
+def tiny_model_fields(method: str, variant: str | None = None) -> dict[str, Any]:
     schema = METHODS.get(method).config_class
-    fields: dict[str, Any] = {"method": method}
+    fields: dict[str, Any] = {"method": method, **VARIANTS.get(variant or "", {})}
     for name, info in schema.model_fields.items():
         if name in TINY_FIELDS:
             fields[name] = TINY_FIELDS[name]
@@ -86,9 +98,11 @@ def tiny_model_fields(method: str) -> dict[str, Any]:
     return fields
 
 
-def build(method: str, task: str, stage: str | None = None, seed: int = 0) -> Method:
+def build(
+    method: str, task: str, stage: str | None = None, variant: str | None = None, seed: int = 0
+) -> Method:
     spec = SPECS[task]
-    config = METHODS.get(method).config_class(**tiny_model_fields(method))
+    config = METHODS.get(method).config_class(**tiny_model_fields(method, variant))
     torch.manual_seed(seed)
     model = build_method(config, spec, build_task(spec))
     if stage is not None:
@@ -105,10 +119,11 @@ def stages(method: str, task: str) -> list[str | None]:
 
 
 CASES = [
-    (method, task, stage)
+    (method, task, stage, variant)
     for method in METHODS
     for task in METHODS.get(method).tasks
     for stage in stages(method, task)
+    for variant in variants(method)
 ]
 IDS = ["-".join(part for part in case if part) for case in CASES]
 
@@ -155,7 +170,7 @@ def decode_all(model: Method, batch: dict[str, Any]) -> list[MethodOutput]:
 
 
 @pytest.fixture(params=CASES, ids=IDS)
-def case(request: pytest.FixtureRequest) -> tuple[str, str, str | None]:
+def case(request: pytest.FixtureRequest) -> tuple[str, str, str | None, str | None]:
     return request.param
 
 
@@ -227,7 +242,9 @@ def test_a_checkpoint_round_trips_with_equal_outputs(case):
     batch = make_batch(case[1])
     train_steps(model, batch)
     model.eval()
-    restored = build(case[0], case[1], seed=1)  # a staged method's stage is in the checkpoint
+    restored = build(
+        case[0], case[1], variant=case[3], seed=1
+    )  # a staged method's stage is in the checkpoint
     restored.load_state_dict(model.state_dict())
     restored.eval()
     for mine, theirs in zip(decode_all(model, batch), decode_all(restored, batch), strict=True):
@@ -352,3 +369,28 @@ def test_every_dataset_builds_and_yields_items_matching_its_spec(
         assert len(split) > 0
         for index in (0, len(split) - 1):
             check_item(spec, split[index])
+
+
+EXPERT_CASES = [case for case in CASES if case[3] == "experts"]
+
+
+@pytest.mark.parametrize(
+    "case", EXPERT_CASES, ids=["-".join(p for p in c if p) for c in EXPERT_CASES]
+)
+def test_the_experts_variant_trains_its_experts_and_predicts_their_product(case):
+    model = build(*case)
+    assert model.experts is not None
+    batch = make_batch(case[1])
+    model.train()
+    mask = model.training_mask(batch["present"])
+    loss = training_loss(model, batch, mask)
+    assert loss.terms["unimodal"] > 0  # lambda_uni * the experts' task loss
+    model.eval()
+    with torch.no_grad():
+        features = model.encode(batch["inputs"], batch["present"])
+        product = model.decode(features, batch["present"]).logits
+        model.experts.set_mix(dict.fromkeys(range(2 ** len(model.modalities)), 0.0))
+        fused = model.decode(features, batch["present"]).logits
+    # w = 0 leaves the fused prediction's log-probabilities; w = 0.7 adds the experts'.
+    assert torch.allclose(fused.exp().sum(1), torch.ones_like(fused[:, 0]), atol=1e-4)
+    assert not torch.allclose(product, fused)

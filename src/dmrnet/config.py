@@ -189,8 +189,16 @@ def _is_id_list(text: str) -> bool:
     return bool(parts) and all(p.isdigit() for p in parts)
 
 
+EnsembleFit = Literal["none", "global", "size", "combination"]
+
+
 class EvalConfig(Strict):
     batch_size: int = Field(256, ge=1)
+    ensemble_fit: EnsembleFit = Field(
+        "none",
+        description="how the product-of-experts weight is fitted on validation after training "
+        "(model.experts.ensemble): none (model.experts.mix), global, size or combination",
+    )
     # Parsed against the method's modalities when a run is planned (runs.plan), before training.
     combinations: list[str] | None = Field(None, description="default: all 2^M - 1", min_length=1)
     availability_p: float = Field(0.5, gt=0.0, lt=1.0, description="for the expected summary")

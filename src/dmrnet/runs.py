@@ -369,9 +369,15 @@ def fit_stage(run: RunPlan, index: int, guard: SignalGuard) -> None:
 
 
 def test_evaluation(run: RunPlan) -> tuple[LoadedRun, EvaluationReport]:
-    """The run's best checkpoint, evaluated on every combination of the test split."""
+    """The run's best checkpoint, evaluated on every combination of the test split (after its
+    product-of-experts weights are fitted on validation, for a method that has them)."""
     loaded = load_checkpoint(resolve_checkpoint(run.run_dir))
+    ensemble = fit_ensemble_on_validation(loaded.method, loaded.config, run.data)
+    if ensemble is not None and _is_rank_zero():
+        store_method_state(loaded.checkpoint, loaded.method)
     report = evaluate_model(loaded.method, loaded.config, run.data, "test")
+    if ensemble is not None:
+        report.extra["ensemble"] = ensemble
     if report.calibration is not None and _is_rank_zero():
         # Fitted on validation after training: predict and evaluate reuse it.
         store_calibration(loaded.checkpoint, report.calibration, run.data.spec.modalities)
@@ -729,6 +735,31 @@ def evaluate_model(
     if method.hcr.enabled:  # what the HCR selected, and on which statistics
         report.extra["hcr"] = method.hcr.summary()
     return report
+
+
+def fit_ensemble_on_validation(
+    method: Method, config: Config, data: DataSplits
+) -> dict[str, Any] | None:
+    """The mixing weights of the method's product of experts chosen on the validation split as
+    `eval.ensemble_fit` says (dmrnet.ensemble); None for a method without one."""
+    from dmrnet.ensemble import fit_ensemble
+
+    loader = make_loader(data.val, config.eval.batch_size, False, config.data.num_workers)
+    return fit_ensemble(method, loader, config.eval.ensemble_fit)
+
+
+def store_method_state(path: Path, method: Method) -> None:
+    """Write the method's current weights and buffers into the checkpoint at `path` (after a
+    post-training fit changed a buffer), keeping the rest of the checkpoint."""
+    from dmrnet.files import write_with_checksum
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"].update(
+        {f"method.{key}": value for key, value in method.state_dict().items()}
+    )
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_with_checksum(path, buffer.getvalue())
 
 
 def _availability(method: Method, config: Config) -> dict[str, float] | None:

@@ -2,8 +2,10 @@
 dataset section of it (`results["datasets"][name]`) and returns plain numbers; `ANALYSES` maps the
 names a suite lists under `analyses:` to the Markdown section the report adds for them.
 
-- `paired_rungs`: an ablation ladder (the dataset's methods in suite order, each one rung up from
-  the previous) as paired per-seed differences between neighbouring rungs.
+- `paired_rungs`: an ablation ladder (the dataset's `ladder` list of the suite, else its methods in
+  suite order, each one rung up from the previous; a rung `method@evaluation` is an extra
+  evaluation of a method's runs) as paired per-seed differences between neighbouring rungs, with
+  how many seeds the upper rung wins, ties and loses on the mean and the worst combination.
 - `variance_against_error`: per run, each combination's embedding variance beside its error, and
   whether the unimodal combination with the largest variance is the one with the largest error
   (the assumption of the HCR's variance rules); with the combinations the run's HCR selected.
@@ -26,8 +28,29 @@ Dataset = dict[str, Any]
 
 
 def _value(seed: dict[str, Any], key: str) -> float | None:
-    """A combination's headline value, or the mean over combinations for key 'mean'."""
-    return seed["summary"].get("mean") if key == "mean" else seed["combinations"].get(key)
+    """A combination's headline value, or the summary's for key 'mean' or 'worst'."""
+    return seed["summary"].get(key) if key in ("mean", "worst") else seed["combinations"].get(key)
+
+
+def rung(dataset: Dataset, label: str) -> dict[str, Any]:
+    """A ladder rung: a method's runs, or `method@evaluation`, an extra evaluation of them."""
+    method, _, evaluation = label.partition("@")
+    entry = dataset["methods"][method]
+    return entry["evaluations"][evaluation] if evaluation else entry
+
+
+def wins_ties_losses(
+    upper: dict[str, Any], lower: dict[str, Any], key: str, higher_is_better: bool
+) -> list[int]:
+    """[wins, ties, losses] of `upper` over the seeds both have, on `key`."""
+    counts = [0, 0, 0]
+    for s in set(upper["seeds"]) & set(lower["seeds"]):
+        a, b = _value(upper["seeds"][s], key), _value(lower["seeds"][s], key)
+        if a is None or b is None:
+            continue
+        better = a > b if higher_is_better else a < b
+        counts[0 if better else 1 if a == b else 2] += 1
+    return counts
 
 
 def paired_differences(
@@ -46,12 +69,23 @@ def paired_rungs(dataset: Dataset) -> list[dict[str, Any]]:
     """Each method against the one before it in the suite (an ablation ladder's rungs):
     per-seed differences (method - previous; positive = better when higher is better) of
     every combination and of the mean over combinations."""
-    labels = list(dataset["methods"])
-    keys = [*dataset["combinations"], "mean"]
+    labels = dataset.get("ladder") or list(dataset["methods"])
+    labels = [label for label in labels if label.partition("@")[0] in dataset["methods"]]
+    keys = [*dataset["combinations"], "mean", "worst"]
+    higher = dataset.get("higher_is_better", True)
     rows = []
     for lower, upper in pairwise(labels):
-        paired = paired_differences(dataset["methods"][upper], dataset["methods"][lower], keys)
-        rows.append({"from": lower, "to": upper, **paired})
+        a, b = rung(dataset, upper), rung(dataset, lower)
+        rows.append(
+            {
+                "from": lower,
+                "to": upper,
+                **paired_differences(a, b, keys),
+                "wins_ties_losses": {
+                    k: wins_ties_losses(a, b, k, higher) for k in ("mean", "worst")
+                },
+            }
+        )
     return rows
 
 
@@ -138,19 +172,27 @@ def _pct(stat: dict[str, Any], signed: bool = False) -> str:
     return text if stat["std"] is None else f"{text} ± {100 * stat['std']:.2f}"
 
 
+LADDER_COLUMNS = 7  # a ladder shows each combination up to this many, else only the summaries
+
+
 def ladder_markdown(dataset: Dataset) -> list[str]:
     combinations = dataset["combinations"]
+    shown = combinations if len(combinations) <= LADDER_COLUMNS else []
+    keys = [*shown, "mean", "worst"]
     lines = [
         "### Ladder: each rung against the one below",
         "",
         f"{dataset['metric']} difference (rung - rung below) in points, paired by seed "
-        "(mean ± std over the seeds both have).",
+        "(mean ± std over the seeds both have); W/T/L: seeds on which the upper rung is better / "
+        "equal / worse"
+        + ("." if shown else f" (the {len(combinations)} combinations: mean and worst only)."),
         "",
-        "| rung | seeds | " + " | ".join(combinations) + " | mean |",
-        "|---|---:|" + "---:|" * (len(combinations) + 1),
+        "| rung | seeds | " + " | ".join(keys) + " | W/T/L (mean) | W/T/L (worst) |",
+        "|---|---:|" + "---:|" * (len(keys) + 2),
     ]
     for row in paired_rungs(dataset):
-        cells = [_pct(row["differences"][k], True) for k in [*combinations, "mean"]]
+        cells = [_pct(row["differences"][k], True) for k in keys]
+        cells += ["/".join(map(str, row["wins_ties_losses"][k])) for k in ("mean", "worst")]
         lines.append(
             f"| {row['to']} - {row['from']} | {len(row['seeds'])} | " + " | ".join(cells) + " |"
         )

@@ -34,7 +34,14 @@ from dmrnet.bench.speed import measure_speed
 from dmrnet.bench.suite import Job, LoadedSuite, SpeedSettings
 from dmrnet.config import Config, load_config, save_config
 from dmrnet.errors import ConfigError
-from dmrnet.runs import build_data_for, build_model, evaluate_model, load_checkpoint, train
+from dmrnet.runs import (
+    build_data_for,
+    build_model,
+    evaluate_model,
+    fit_ensemble_on_validation,
+    load_checkpoint,
+    train,
+)
 from dmrnet.tasks import build_task
 
 log = logging.getLogger("dmrnet")
@@ -93,7 +100,11 @@ def evaluate_again(job: Job, out: Path, name: str, data_root: str | None) -> Pat
     method.eval()
     directory.mkdir(parents=True, exist_ok=True)
     save_config(config, directory / "config.yaml")  # first: results never exist unchecked
-    evaluate_model(method, config, data, "test").write(directory)
+    ensemble = fit_ensemble_on_validation(method, config, data)  # eval.ensemble_fit
+    report = evaluate_model(method, config, data, "test")
+    if ensemble is not None:
+        report.extra["ensemble"] = ensemble
+    report.write(directory)
     return directory
 
 
@@ -320,6 +331,7 @@ def collect(
                 dict.fromkeys(e for m in methods.values() for e in m["evaluations"])
             ),
             "analyses": list(loaded.suite.datasets[dataset].analyses),
+            "ladder": list(loaded.suite.datasets[dataset].ladder),
         }
     return {
         "suite": loaded.suite.name,

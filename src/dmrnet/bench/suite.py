@@ -14,6 +14,7 @@ A suite is a YAML file (the packaged ones: dmrnet/bench/suites/*.yaml):
       handwritten:              # a label; one section per dataset
         overrides: []           # applied to this dataset's runs
         analyses: [ladder, variance]    # extra report sections (dmrnet.bench.analysis.ANALYSES)
+        ladder: [dmrnet, hemis@eer]     # optional: the ladder's rungs (label or label@evaluation)
         evaluations:            # optional: each run's best checkpoint evaluated again on the
           eer: [data.options.threshold=eer]   # test split under other decision options
         methods:
@@ -67,6 +68,9 @@ class DatasetEntry(_Strict):
     overrides: list[str] = Field(default_factory=list)
     evaluations: dict[str, list[str]] = Field(default_factory=dict)
     analyses: list[str] = Field(default_factory=list)  # dmrnet.bench.analysis.ANALYSES
+    # The `ladder` analysis's rungs, bottom first: method labels, or `label@evaluation` for an
+    # extra evaluation of a method's runs (default: every method in suite order).
+    ladder: list[str] = Field(default_factory=list)
     methods: dict[str, MethodEntry]
 
 
@@ -248,6 +252,14 @@ def _check_analyses(suite: Suite, path: Path) -> None:
                 raise ConfigError(
                     f"{path}: datasets.{dataset}.analyses: no analysis {name!r}; known: "
                     f"{', '.join(ANALYSES)}"
+                )
+        for label in entry.ladder:
+            method, _, evaluation = label.partition("@")
+            if method not in entry.methods or (evaluation and evaluation not in entry.evaluations):
+                raise ConfigError(
+                    f"{path}: datasets.{dataset}.ladder: {label!r} is not a method label "
+                    f"({', '.join(entry.methods)}) or label@evaluation "
+                    f"({', '.join(entry.evaluations) or 'no evaluations'})"
                 )
 
 

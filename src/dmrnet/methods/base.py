@@ -32,7 +32,7 @@ from dmrnet.errors import ConfigError, DmrnetError
 from dmrnet.methods.hcr import HardCombinationRegularizer
 from dmrnet.modalities import CombinationSampler, ModalitySet
 from dmrnet.nn import MaskedLinearFusion, Standardize, build_encoder
-from dmrnet.nn.heads import Head, HeadOutput
+from dmrnet.nn.heads import Head, HeadOutput, UnimodalExperts
 from dmrnet.registry import Registry
 from dmrnet.tasks import Task
 
@@ -159,11 +159,60 @@ class Method(nn.Module):
         projection: Callable[[], nn.Module] | None,
         dim: int,
         readout: Callable[[], nn.Module] | None = None,
+        expert: Callable[[], nn.Module] | None = None,
         **options: Any,
     ) -> Head:
-        """The method's `head_class`, configured by the head's section of the method's config."""
+        """The method's `head_class`, configured by the head's section of the method's config;
+        `expert` builds one modality's readout of the unimodal experts (`model.experts`)."""
         assert self.head_class is not None, f"{type(self).__name__} declares no head_class"
-        return self.head_class(self.config, projection, dim, readout, **options)
+        head = self.head_class(self.config, projection, dim, readout, **options)
+        experts = getattr(self.config, "experts", None)  # families with an ExpertsSection
+        if experts is not None and experts.weight > 0:
+            if expert is None:
+                raise ConfigError(
+                    f"model.experts.weight: {self.config.method} has no unimodal experts; "
+                    "set it to 0"
+                )
+            head.experts = UnimodalExperts(experts, [expert() for _ in self.modalities.names])
+        return head
+
+    @property
+    def experts(self) -> UnimodalExperts | None:
+        """The head's unimodal experts, None without them (or without a head)."""
+        head = getattr(self, "head", None)
+        return None if head is None else head.experts
+
+    def with_experts(
+        self,
+        output: MethodOutput,
+        per_modality: list[torch.Tensor],
+        mask: torch.Tensor,
+        size: tuple[int, int] | None = None,
+    ) -> MethodOutput:
+        """The experts' part of `decode`: their logits go to the loss in training; in evaluation
+        the prediction becomes the product of experts (`model.experts.ensemble`)."""
+        return self.with_experts_many([output], per_modality, mask[None], size)[0]
+
+    def with_experts_many(
+        self,
+        outputs: list[MethodOutput],
+        per_modality: list[torch.Tensor],
+        masks: torch.Tensor,
+        size: tuple[int, int] | None = None,
+    ) -> list[MethodOutput]:
+        """`with_experts` for the outputs of several masks (C, M) or (C, B, M): the experts run
+        once, each combination's product is a masked mean of their logits."""
+        experts = self.experts
+        if experts is None or not (self.training or experts.ensemble):
+            return outputs
+        logits = experts(per_modality, size)
+        for output, mask in zip(outputs, masks, strict=True):
+            mask = mask.expand(logits.shape[0], -1)
+            if self.training:
+                output.extras["experts"], output.extras["experts_mask"] = logits, mask
+            else:
+                output.logits = experts.combine(output.logits, logits, mask)
+        return outputs
 
     # -- the interface ----------------------------------------------------------------------
     def encode(
@@ -213,6 +262,15 @@ class Method(nn.Module):
         per_sample = self.task_loss(output, target)
         terms = {"task": per_sample.mean()}
         terms.update(self.extra_losses(output))
+        if "experts" in output.extras:
+            experts = self.experts
+            assert experts is not None
+            terms["unimodal"] = experts.loss(
+                output.extras["experts"],
+                output.extras["experts_mask"],
+                target,
+                self.task.per_sample_loss,
+            )
         combination = self.modalities.combination_index(mask)
         if self.training:
             self.hcr.observe(combination, per_sample.detach(), output.variance)
@@ -310,13 +368,16 @@ class EncoderHeadMethod(EncoderFusionMethod):
             lambda: MaskedLinearFusion(count, dim, embed),
             embed,
             readout=lambda: nn.Linear(embed, spec.num_classes),
+            expert=lambda: nn.Linear(dim, spec.num_classes),
         )
 
     def decode(self, features: torch.Tensor, mask: torch.Tensor) -> MethodOutput:
-        return MethodOutput.of_head(self.head(features, mask))
+        output = MethodOutput.of_head(self.head(features, mask))
+        return self.with_experts(output, list(features.unbind(1)), mask)
 
     def decode_many(self, features: torch.Tensor, masks: torch.Tensor) -> list[MethodOutput]:
-        return [MethodOutput.of_head(h) for h in self.head.forward_many(features, masks)]
+        outputs = [MethodOutput.of_head(h) for h in self.head.forward_many(features, masks)]
+        return self.with_experts_many(outputs, list(features.unbind(1)), masks)
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -53,6 +53,7 @@ from dmrnet.nn import ResNet, SqueezeExcitation
 from dmrnet.nn.heads import (
     DeterministicHead,
     DeterministicHeadConfig,
+    ExpertsSection,
     GaussianHead,
     GaussianHeadConfig,
 )
@@ -125,7 +126,7 @@ class DenseFusionConfig(ModelConfig):
         return bins
 
 
-class DMRNetSegConfig(DenseFusionConfig, GaussianHeadConfig):
+class DMRNetSegConfig(DenseFusionConfig, GaussianHeadConfig, ExpertsSection):
     method: str = "dmrnet-seg"
     hcr: HCRConfig = Field(
         default_factory=lambda: HCRConfig(rule="incomplete", weight=0.5, warmup_epochs=11)
@@ -133,7 +134,7 @@ class DMRNetSegConfig(DenseFusionConfig, GaussianHeadConfig):
     auxiliary_decoder: bool = True
 
 
-class ModDropSegConfig(DenseFusionConfig, DeterministicHeadConfig):
+class ModDropSegConfig(DenseFusionConfig, DeterministicHeadConfig, ExpertsSection):
     method: str = "moddrop-seg"
 
 
@@ -309,6 +310,9 @@ class BranchMaps:
     size: tuple[int, int]  # input height and width
     batch: int
     all_rows: bool = False  # encoded without a presence mask: every row ran every branch (export)
+    # Per modality, its branch's deepest map computed on its own input alone (the unimodal
+    # experts' features; with feedback the primary branch runs its stages once more for it).
+    own: list[torch.Tensor] | None = None
 
 
 # -- the network ----------------------------------------------------------------------------------
@@ -364,8 +368,13 @@ class DenseFusionMethod(Method):
                 "model.auxiliary_decoder: the auxiliary decoder trains on the HCR's hard samples; "
                 "set model.hcr.rule (the paper: incomplete) and a weight > 0, or turn it off"
             )
-        channels, embed = self.context_channels, config.embed_dim
-        self.head = self.build_head(lambda: nn.Conv2d(channels, embed, 1), embed, dense=True)
+        channels, embed, deepest = self.context_channels, config.embed_dim, stages[3]
+        self.head = self.build_head(
+            lambda: nn.Conv2d(channels, embed, 1),
+            embed,
+            expert=lambda: nn.Conv2d(deepest, spec.num_classes, 1),  # upsampled to the input
+            dense=True,
+        )
 
     def _build_branch(self, name: str) -> ResNet:
         choice = self.config.encoders.get(name, self.config.encoder)
@@ -420,7 +429,16 @@ class DenseFusionMethod(Method):
                 for stage in branch.stages:
                     levels.append(run_on_rows(stage, levels[-1], rows, self.training))
             maps.append(levels)
-        return BranchMaps(maps=maps, size=size, batch=batch, all_rows=present is None)
+        own = None
+        if self.experts is not None:
+            own = [levels[-1] for levels in maps]
+            if self.feedback:
+                rows = None if present is None else present[:, self.primary]
+                deepest = own[self.primary]
+                for stage in self.branches[self.modalities.names[self.primary]].stages:
+                    deepest = run_on_rows(stage, deepest, rows, self.training)
+                own[self.primary] = deepest
+        return BranchMaps(maps=maps, size=size, batch=batch, all_rows=present is None, own=own)
 
     def batch_size(self, features: BranchMaps) -> int:
         return features.batch
@@ -455,7 +473,10 @@ class DenseFusionMethod(Method):
             aux_logits, aux_sides = self.auxiliary(z, skips, features.size, sides)
             extras["auxiliary"] = aux_logits
             extras.update({f"auxiliary/side/{i}": s for i, s in enumerate(aux_sides)})
-        return MethodOutput(logits=logits, variance=output.variance, extras=extras)
+        output = MethodOutput(logits=logits, variance=output.variance, extras=extras)
+        if features.own is None:
+            return output
+        return self.with_experts(output, features.own, mask, size=features.size)
 
     # -- losses -----------------------------------------------------------------------------------
     def _scales_loss(

@@ -20,10 +20,10 @@ from pydantic import Field
 
 from dmrnet.config import HCRConfig
 from dmrnet.methods.base import METHODS, EncoderFusionConfig, EncoderHeadMethod
-from dmrnet.nn.heads import GaussianHead, GaussianHeadConfig
+from dmrnet.nn.heads import ExpertsSection, GaussianHead, GaussianHeadConfig
 
 
-class DMRNetConfig(EncoderFusionConfig, GaussianHeadConfig):
+class DMRNetConfig(EncoderFusionConfig, GaussianHeadConfig, ExpertsSection):
     method: str = "dmrnet"
     hcr: HCRConfig = Field(default_factory=lambda: HCRConfig(rule="unimodal-max"))
 

@@ -9,10 +9,10 @@ combination is mapped to one point of a shared embedding.
 from __future__ import annotations
 
 from dmrnet.methods.base import METHODS, EncoderFusionConfig, EncoderHeadMethod
-from dmrnet.nn.heads import DeterministicHead, DeterministicHeadConfig
+from dmrnet.nn.heads import DeterministicHead, DeterministicHeadConfig, ExpertsSection
 
 
-class ModDropConfig(EncoderFusionConfig, DeterministicHeadConfig):
+class ModDropConfig(EncoderFusionConfig, DeterministicHeadConfig, ExpertsSection):
     method: str = "moddrop"
 
 

@@ -38,6 +38,7 @@ from dmrnet.nn import ResNet, SqueezeExcitation, masked_concat
 from dmrnet.nn.heads import (
     DeterministicHead,
     DeterministicHeadConfig,
+    ExpertsSection,
     GaussianHead,
     GaussianHeadConfig,
     KLReduction,
@@ -59,7 +60,7 @@ class SurfConfig(ModelConfig):
     embed_dim: int = Field(512, ge=1, description="channels of the embedding maps (paper: 512)")
 
 
-class SurfDMRNetConfig(SurfConfig, GaussianHeadConfig):
+class SurfDMRNetConfig(SurfConfig, GaussianHeadConfig, ExpertsSection):
     method: str = "surf-dmrnet"
     kl_reduction: KLReduction = Field(
         "sum",
@@ -69,7 +70,7 @@ class SurfDMRNetConfig(SurfConfig, GaussianHeadConfig):
     hcr: HCRConfig = Field(default_factory=lambda: HCRConfig(rule="unimodal-max"))
 
 
-class SurfModDropConfig(SurfConfig, DeterministicHeadConfig):
+class SurfModDropConfig(SurfConfig, DeterministicHeadConfig, ExpertsSection):
     method: str = "surf-moddrop"
     projection: bool = Field(
         True, description="1x1 conv (+ BatchNorm) before pooling, as DMRNet's mu head"
@@ -164,6 +165,7 @@ class SurfNetwork(Method):
             projection,
             width,
             readout=lambda: PooledLinear(width, classes),  # pool z, then classify
+            expert=lambda: PooledLinear(branch_channels, classes),  # on a branch's map
             dense=True,
             **self.head_options(),
         )
@@ -194,7 +196,8 @@ class SurfNetwork(Method):
         return self.layer4(self.layer3(fused))  # (B, trunk_channels, h, w)
 
     def decode(self, features: torch.Tensor, mask: torch.Tensor) -> MethodOutput:
-        return MethodOutput.of_head(self.head(self.trunk(features, mask)))
+        output = MethodOutput.of_head(self.head(self.trunk(features, mask)))
+        return self.with_experts(output, list(features.unbind(1)), mask)
 
 
 @METHODS.register("surf-dmrnet")

@@ -19,6 +19,17 @@ calls `head(h)` (or `head.forward_many` for every combination at once) and adds 
 
 dmrnet's knobs (measured): the norm on each head can be switched off, and the logvar head can start
 from a negative bias (small initial noise).
+
+Unimodal experts (`model.experts`, both heads; the ingredients of the `dmrnet-plus` preset):
+a task readout per modality on that modality's own features, trained with weight lambda_uni on
+the modalities of each sample's training combination, and, in evaluation, a product of experts:
+
+    log p(y | S) = log softmax(fused logits) + w_S * mean over m in S of log softmax(expert_m)
+
+(per pixel for maps). The experts' logits are per modality, so every combination's ensemble is a
+masked mean of the same (B, M, K) tensor: the one-pass decode stays exact. The mixing weight w_S
+is one buffer entry per combination, the configured `mix` until it is fitted on validation
+(dmrnet.ensemble).
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from dmrnet.config import Strict
@@ -36,6 +48,33 @@ from dmrnet.nn.fusion import MaskedLinearFusion, fused_many
 from dmrnet.nn.gaussian import LOGVAR_BOUND, gaussian_kl
 
 KLReduction = Literal["sum", "mean-pixels"]
+
+
+class ExpertsConfig(Strict):
+    """`model.experts`: unimodal auxiliary heads and the product-of-experts prediction."""
+
+    weight: float = Field(
+        0.0, ge=0.0, description="lambda_uni, the experts' task-loss weight; 0: no experts"
+    )
+    ensemble: bool = Field(
+        False, description="predict with the product of the fused and the present experts"
+    )
+    mix: float = Field(
+        1.0, ge=0.0, description="the experts' weight w in the product until fitted on validation"
+    )
+
+    @model_validator(mode="after")
+    def _ensemble_needs_experts(self) -> ExpertsConfig:
+        if self.ensemble and self.weight == 0:
+            raise ValueError("ensemble: true needs trained experts; set weight > 0")
+        return self
+
+
+class ExpertsSection(Strict):
+    """The `experts` section, in the schema of every family whose head gets unimodal experts
+    (the vector, dense and SURF families' DMRNet and ModDrop)."""
+
+    experts: ExpertsConfig = Field(default_factory=ExpertsConfig)
 
 
 class DeterministicHeadConfig(Strict):
@@ -70,6 +109,65 @@ class PooledLinear(nn.Linear):
         return super().forward(x.mean(dim=(2, 3)))
 
 
+def present_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the present modalities of per-modality values (B, M, ...) for a (B, M) mask;
+    a row without any present modality gives 0."""
+    weights = mask.to(values.dtype).view(*mask.shape, *([1] * (values.dim() - 2)))
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class UnimodalExperts(nn.Module):
+    """A task readout per modality on its own features, and the product of experts with the fused
+    prediction (see the module docstring). `mix` holds the experts' weight per combination,
+    indexed by the combination's bit mask (entry 0, the empty set, unused)."""
+
+    def __init__(self, config: ExpertsConfig, readouts: list[nn.Module]) -> None:
+        super().__init__()
+        self.weight = config.weight
+        self.ensemble = config.ensemble
+        self.readouts = nn.ModuleList(readouts)
+        count = len(readouts)
+        self.register_buffer("mix", torch.full((2**count,), float(config.mix)))
+        self.register_buffer("powers", 2 ** torch.arange(count), persistent=False)
+
+    def forward(
+        self, per_modality: list[torch.Tensor], size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """(B, M, K) logits of every modality's expert ((B, M, K, H, W) for maps, resized to
+        `size` when given)."""
+        logits = [readout(x) for readout, x in zip(self.readouts, per_modality, strict=True)]
+        if size is not None:
+            logits = [F.interpolate(x, size=size, mode="bilinear") for x in logits]
+        return torch.stack(logits, dim=1)
+
+    def combine(
+        self, fused: torch.Tensor, experts: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """log softmax(fused) + w * mean of the present experts' log softmax, per sample."""
+        weight = self.mix[(mask.long() * self.powers).sum(-1)]  # (B,)
+        weight = weight.view(-1, *([1] * (fused.dim() - 1)))
+        return F.log_softmax(fused, 1) + weight * present_mean(F.log_softmax(experts, 2), mask)
+
+    def loss(
+        self,
+        experts: torch.Tensor,
+        mask: torch.Tensor,
+        target: torch.Tensor,
+        per_sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """lambda_uni * the task loss averaged over every (sample, modality of its combination)."""
+        losses = torch.stack(
+            [per_sample_loss(experts[:, m], target) for m in range(experts.shape[1])], dim=1
+        )  # (B, M)
+        weights = mask.to(losses.dtype)
+        return self.weight * (losses * weights).sum() / weights.sum().clamp(min=1)
+
+    def set_mix(self, weights: dict[int, float]) -> None:
+        """Set the weight of each combination, given by its bit mask."""
+        for bits, value in weights.items():
+            self.mix[bits] = value
+
+
 def _norm(dim: int, dense: bool) -> nn.Module:
     return nn.BatchNorm2d(dim) if dense else nn.BatchNorm1d(dim)
 
@@ -80,6 +178,11 @@ class Head(nn.Module):
 
     config_class: ClassVar[type[Strict]]
     provides_variance: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Set by `Method.build_head` when `model.experts.weight` > 0.
+        self.experts: UnimodalExperts | None = None
 
     def forward(self, *inputs: torch.Tensor) -> HeadOutput:
         raise NotImplementedError

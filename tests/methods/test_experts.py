@@ -1,0 +1,119 @@
+"""Unimodal experts and their product with the fused prediction (`model.experts`), and the mixing
+weights fitted on validation (`eval.ensemble_fit`, dmrnet.ensemble). The conformance suite checks
+the experts variant of every method family (decode_many exact, checkpoint round trip, loss)."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dmrnet
+from dmrnet.config import parse_config
+from dmrnet.ensemble import GRID, _groups, choose
+from dmrnet.errors import ConfigError
+from dmrnet.modalities import ModalitySet
+from dmrnet.nn.heads import ExpertsConfig, UnimodalExperts, present_mean
+from dmrnet.runs import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_present_mean_averages_only_the_present_modalities():
+    values = torch.tensor([[[1.0], [3.0], [8.0]], [[2.0], [4.0], [6.0]]])  # (B=2, M=3, K=1)
+    mask = torch.tensor([[True, True, False], [False, False, True]])
+    assert present_mean(values, mask).tolist() == [[2.0], [6.0]]
+    assert present_mean(values, torch.zeros_like(mask)).tolist() == [[0.0], [0.0]]
+
+
+def test_the_product_of_experts_is_the_formula_with_each_combinations_weight():
+    torch.manual_seed(0)
+    experts = UnimodalExperts(
+        ExpertsConfig(weight=1.0, ensemble=True), [torch.nn.Identity() for _ in range(3)]
+    )
+    experts.set_mix({0b011: 0.5, 0b100: 2.0})
+    fused, logits = torch.randn(2, 4), torch.randn(2, 3, 4)
+    mask = torch.tensor([[True, True, False], [False, False, True]])
+    product = experts.combine(fused, logits, mask)
+    log_p, log_e = F.log_softmax(fused, 1), F.log_softmax(logits, 2)
+    expected = torch.stack(
+        [log_p[0] + 0.5 * (log_e[0, 0] + log_e[0, 1]) / 2, log_p[1] + 2.0 * log_e[1, 2]]
+    )
+    assert torch.allclose(product, expected)
+
+
+def test_the_experts_loss_counts_each_sample_and_modality_of_its_combination():
+    experts = UnimodalExperts(ExpertsConfig(weight=0.5), [torch.nn.Identity()] * 2)
+    logits = torch.tensor([[[4.0, 0.0], [0.0, 4.0]], [[0.0, 4.0], [4.0, 0.0]]])  # (2, 2, 2)
+    target = torch.tensor([0, 1])
+    mask = torch.tensor([[True, False], [True, True]])
+
+    def per_sample(x, y):
+        return F.cross_entropy(x, y, reduction="none")
+
+    terms = [per_sample(logits[0:1, 0], target[0:1]), per_sample(logits[1:2, 0], target[1:2])]
+    terms.append(per_sample(logits[1:2, 1], target[1:2]))
+    expected = 0.5 * torch.cat(terms).mean()
+    assert torch.allclose(experts.loss(logits, mask, target, per_sample), expected)
+
+
+def test_choose_takes_each_groups_best_mean_and_breaks_ties_toward_the_configured_mix():
+    combinations = ModalitySet(("a", "b", "c")).combinations()
+    scores = torch.zeros(len(GRID), len(combinations), dtype=torch.float64)
+    scores[GRID.index(0.0), 0] = 1.0  # "a" alone is best without experts
+    scores[GRID.index(2.0), 3:6] = 1.0  # every pair is best at w = 2
+    scores[:, 6] = 0.5  # the full set: a tie everywhere
+    groups = _groups(combinations, "combination")
+    chosen = choose(scores, groups, default=1.0, higher_is_better=True)
+    assert chosen[0] == 0.0 and chosen[3:6] == [2.0] * 3 and chosen[6] == 1.0
+    assert choose(scores, _groups(combinations, "size"), 1.0, True) == [0.0, 2.0, 1.0]
+    # A lower-is-better metric (ACER) picks the minimum; no validation sample keeps the default.
+    assert choose(-scores, groups, 1.0, higher_is_better=False)[3] == 2.0
+    assert choose(torch.full_like(scores, math.nan), groups, 0.75, True)[0] == 0.75
+    assert len(_groups(combinations, "global")) == 1
+
+
+def test_the_ensemble_needs_trained_experts_and_only_head_families_have_them(make_config):
+    raw = make_config()
+    raw["model"]["experts"] = {"ensemble": True}
+    with pytest.raises(ConfigError, match="needs trained experts"):
+        parse_config(raw)
+    raw = make_config("hemis")
+    raw["model"]["experts"] = {"weight": 1.0}
+    with pytest.raises(ConfigError, match="experts"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize("fit", ["combination", "size"])
+def test_fitted_weights_are_stored_in_the_checkpoint_and_reported(make_config, tmp_path, fit):
+    raw = make_config(
+        kl_weight=0.01,
+        mu_norm=False,
+        logvar_norm=False,
+        logvar_init_bias=-4.0,
+        # A mix off the grid: the checkpoint holds it unless the fitted weights are stored.
+        experts={"weight": 0.5, "ensemble": True, "mix": 0.6},
+    )
+    raw["eval"]["ensemble_fit"] = fit
+    report = dmrnet.train(raw, tmp_path / "run")
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    ensemble = stored["ensemble"]
+    assert ensemble["fit"] == fit and ensemble["grid"] == list(GRID)
+    assert set(ensemble["weights"]) == {r.name for r in report.results}
+    assert all(w in GRID for w in ensemble["weights"].values())
+    if fit == "size":  # one weight per size
+        by_size = {}
+        for name, weight in ensemble["weights"].items():
+            by_size.setdefault(name.count("+"), set()).add(weight)
+        assert all(len(v) == 1 for v in by_size.values())
+    # The weights travel in the checkpoint: a fresh load predicts with them, so evaluating the
+    # test split again gives the run's own results.
+    loaded = load_checkpoint(tmp_path / "run")
+    modalities = loaded.spec.modalities
+    for combination in modalities.combinations():
+        bits = sum(1 << i for i in combination)
+        expected = ensemble["weights"][modalities.format(combination)]
+        assert loaded.method.experts.mix[bits].item() == expected
+    again = dmrnet.evaluate(tmp_path / "run", out_dir=tmp_path / "again")
+    assert [r.metrics for r in again.results] == [r.metrics for r in report.results]
