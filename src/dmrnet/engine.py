@@ -77,7 +77,7 @@ def training_loss(method: Method, batch: dict[str, Any]) -> LossOutput:
     mask = method.training_mask(present)  # (B, M) modality dropout
     features = method.encode(batch["inputs"], present)
     output = method.decode(features, mask)
-    return method.loss(output, batch["target"], mask)
+    return method.loss(output, batch["target"], mask, present=present)
 
 
 class LitMethod(pl.LightningModule):

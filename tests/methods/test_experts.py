@@ -117,3 +117,32 @@ def test_fitted_weights_are_stored_in_the_checkpoint_and_reported(make_config, t
         assert loaded.method.experts.mix[bits].item() == expected
     again = dmrnet.evaluate(tmp_path / "run", out_dir=tmp_path / "again")
     assert [r.metrics for r in again.results] == [r.metrics for r in report.results]
+
+
+@pytest.mark.parametrize("train_on", ["present", "combination"])
+def test_experts_train_on_every_present_modality_or_only_the_drawn_combination(train_on):
+    from dmrnet.data.base import DataSpec
+    from dmrnet.methods import build_method
+    from dmrnet.methods.dmrnet import DMRNetConfig
+    from dmrnet.tasks import build_task
+
+    spec = DataSpec("tiny", ModalitySet(("a", "b")), {"a": (4,), "b": (3,)}, "classification", 3)
+    config = DMRNetConfig(
+        feature_dim=4,
+        embed_dim=4,
+        experts={"weight": 1.0, "train_on": train_on},
+        encoder={"name": "mlp", "options": {"hidden": [8], "dropout": 0.0}},
+    )
+    torch.manual_seed(0)
+    method = build_method(config, spec, build_task(spec))
+    method.train()
+    inputs = {"a": torch.randn(6, 4), "b": torch.randn(6, 3)}
+    present = torch.ones(6, 2, dtype=torch.bool)
+    mask = torch.tensor([[True, False]] * 6)  # the sampler dropped b everywhere
+    target = torch.arange(6) % 3
+    output = method.decode(method.encode(inputs, present), mask)
+    loss = method.loss(output, target, mask, present=present)
+    experts = output.extras["experts"]  # (B, M, K)
+    per_modality = [F.cross_entropy(experts[:, m], target) for m in range(2)]
+    expected = sum(per_modality) / 2 if train_on == "present" else per_modality[0]
+    assert loss.terms["unimodal"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -3,7 +3,7 @@
     features = method.encode(inputs, present)   # once per batch: per-modality encoders
     output   = method.decode(features, mask)    # fusion + head for one mask per sample
     outputs  = method.decode_many(features, masks)  # every combination in masks (C, M) at once
-    loss     = method.loss(output, target, mask)
+    loss     = method.loss(output, target, mask, present)  # present: what each sample has
 
 The engine, the evaluation and the CLI only use this interface; they never ask which method it is.
 A method also owns its training-time modality sampler and its hard-combination regularizer, so a
@@ -257,19 +257,27 @@ class Method(nn.Module):
         head of its own for them (the paper's segmentation code: an auxiliary decoder)."""
         return per_sample
 
-    def loss(self, output: MethodOutput, target: torch.Tensor, mask: torch.Tensor) -> LossOutput:
-        """Task loss + method terms + beta * HCR, and (in training) feed the HCR statistics."""
+    def loss(
+        self,
+        output: MethodOutput,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        present: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """Task loss + method terms + beta * HCR, and (in training) feed the HCR statistics.
+        `present` (B, M): the modalities each sample really has (default: `mask`), on which
+        the unimodal experts train when `model.experts.train_on` is `present`."""
         per_sample = self.task_loss(output, target)
         terms = {"task": per_sample.mean()}
         terms.update(self.extra_losses(output))
         if "experts" in output.extras:
             experts = self.experts
             assert experts is not None
+            trained = output.extras["experts_mask"]
+            if experts.train_on == "present" and present is not None:
+                trained = present
             terms["unimodal"] = experts.loss(
-                output.extras["experts"],
-                output.extras["experts_mask"],
-                target,
-                self.task.per_sample_loss,
+                output.extras["experts"], trained, target, self.task.per_sample_loss
             )
         combination = self.modalities.combination_index(mask)
         if self.training:

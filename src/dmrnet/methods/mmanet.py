@@ -240,10 +240,16 @@ class MMANet(EncoderFusionMethod):
             terms["mad"] = self.config.distill_weight * mad
         return terms
 
-    def loss(self, output: MethodOutput, target: torch.Tensor, mask: torch.Tensor) -> LossOutput:
+    def loss(
+        self,
+        output: MethodOutput,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        present: torch.Tensor | None = None,
+    ) -> LossOutput:
         if self.in_teacher_stage:
-            return self.teacher.loss(output, target, mask)
-        result = super().loss(output, target, mask)
+            return self.teacher.loss(output, target, mask, present)
+        result = super().loss(output, target, mask, present)
         if not self.training:
             return result
         if int(self.epoch) < self.config.warmup_epochs:

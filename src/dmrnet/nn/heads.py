@@ -22,7 +22,8 @@ from a negative bias (small initial noise).
 
 Unimodal experts (`model.experts`, both heads; the ingredients of the `dmrnet-plus` preset):
 a task readout per modality on that modality's own features, trained with weight lambda_uni on
-the modalities of each sample's training combination, and, in evaluation, a product of experts:
+every modality each sample has (or, `train_on: combination`, only on those of its drawn training
+combination), and, in evaluation, a product of experts:
 
     log p(y | S) = log softmax(fused logits) + w_S * mean over m in S of log softmax(expert_m)
 
@@ -61,6 +62,11 @@ class ExpertsConfig(Strict):
     )
     mix: float = Field(
         1.0, ge=0.0, description="the experts' weight w in the product until fitted on validation"
+    )
+    train_on: Literal["present", "combination"] = Field(
+        "present",
+        description="each expert trains on every sample that has its modality (present) or only "
+        "where it is in the sample's drawn training combination (combination)",
     )
 
     @model_validator(mode="after")
@@ -125,6 +131,7 @@ class UnimodalExperts(nn.Module):
         super().__init__()
         self.weight = config.weight
         self.ensemble = config.ensemble
+        self.train_on = config.train_on
         self.readouts = nn.ModuleList(readouts)
         count = len(readouts)
         self.register_buffer("mix", torch.full((2**count,), float(config.mix)))
