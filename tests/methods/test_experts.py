@@ -85,9 +85,14 @@ def test_the_ensemble_needs_trained_experts_and_only_head_families_have_them(mak
         parse_config(raw)
 
 
-@pytest.mark.parametrize("fit", ["combination", "size"])
-def test_fitted_weights_are_stored_in_the_checkpoint_and_reported(make_config, tmp_path, fit):
-    raw = make_config(
+@pytest.fixture(scope="module")
+def plus_run(tmp_path_factory):
+    """A tiny dmrnet-plus-like run: tuned head, experts, product with one w per size fitted."""
+    from conftest import tiny_config, write_synthetic_views
+
+    root = tmp_path_factory.mktemp("plus")
+    raw = tiny_config(
+        write_synthetic_views(root / "views.npz"),
         kl_weight=0.01,
         mu_norm=False,
         logvar_norm=False,
@@ -95,28 +100,39 @@ def test_fitted_weights_are_stored_in_the_checkpoint_and_reported(make_config, t
         # A mix off the grid: the checkpoint holds it unless the fitted weights are stored.
         experts={"weight": 0.5, "ensemble": True, "mix": 0.6},
     )
-    raw["eval"]["ensemble_fit"] = fit
-    report = dmrnet.train(raw, tmp_path / "run")
-    stored = json.loads((tmp_path / "run" / "results.json").read_text())
-    ensemble = stored["ensemble"]
-    assert ensemble["fit"] == fit and ensemble["grid"] == list(GRID)
+    raw["eval"]["ensemble_fit"] = "size"
+    report = dmrnet.train(raw, root / "run")
+    return root / "run", report
+
+
+def test_fitted_weights_are_stored_in_the_checkpoint_and_reported(plus_run, tmp_path):
+    run, report = plus_run
+    ensemble = json.loads((run / "results.json").read_text())["ensemble"]
+    assert ensemble["fit"] == "size" and ensemble["grid"] == list(GRID)
     assert set(ensemble["weights"]) == {r.name for r in report.results}
     assert all(w in GRID for w in ensemble["weights"].values())
-    if fit == "size":  # one weight per size
-        by_size = {}
-        for name, weight in ensemble["weights"].items():
-            by_size.setdefault(name.count("+"), set()).add(weight)
-        assert all(len(v) == 1 for v in by_size.values())
+    by_size = {}
+    for name, weight in ensemble["weights"].items():
+        by_size.setdefault(name.count("+"), set()).add(weight)
+    assert all(len(v) == 1 for v in by_size.values())  # one weight per size
     # The weights travel in the checkpoint: a fresh load predicts with them, so evaluating the
     # test split again gives the run's own results.
-    loaded = load_checkpoint(tmp_path / "run")
+    loaded = load_checkpoint(run)
     modalities = loaded.spec.modalities
     for combination in modalities.combinations():
         bits = sum(1 << i for i in combination)
         expected = ensemble["weights"][modalities.format(combination)]
         assert loaded.method.experts.mix[bits].item() == expected
-    again = dmrnet.evaluate(tmp_path / "run", out_dir=tmp_path / "again")
+    again = dmrnet.evaluate(run, out_dir=tmp_path / "again")
     assert [r.metrics for r in again.results] == [r.metrics for r in report.results]
+
+
+def test_a_product_of_experts_exports_to_onnx_and_agrees_with_predict(plus_run, tmp_path):
+    from dmrnet.export import export
+
+    result = export(plus_run[0], "onnx", tmp_path / "model.onnx")
+    # `export` compares the exported graph with predict on every combination.
+    assert result.combinations == 7 and result.max_difference <= 1e-4
 
 
 @pytest.mark.parametrize("train_on", ["present", "combination"])
