@@ -150,7 +150,7 @@ def make_batch(task: str, present: torch.Tensor | None = None) -> dict[str, Any]
 def training_loss(model: Method, batch: dict[str, Any], mask: torch.Tensor, seed: int = 2):
     torch.manual_seed(seed)  # the same noise for the Gaussian heads' sampling
     features = model.encode(batch["inputs"], batch["present"])
-    return model.loss(model.decode(features, mask), batch["target"], mask)
+    return model.loss(model.decode(features, mask), batch["target"], mask, batch["present"])
 
 
 def train_steps(model: Method, batch: dict[str, Any], steps: int = 3) -> None:

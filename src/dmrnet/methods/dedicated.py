@@ -226,7 +226,13 @@ class Dedicated(Method):
             outputs.append(MethodOutput(logits=computed[index]))
         return outputs
 
-    def loss(self, output: MethodOutput, target: torch.Tensor, mask: torch.Tensor) -> LossOutput:
+    def loss(
+        self,
+        output: MethodOutput,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        present: torch.Tensor | None = None,
+    ) -> LossOutput:
         """Training: the sum over models of each model's mean loss on its samples. Evaluation:
         the loss of each sample's own prediction."""
         per_sample = self.task.per_sample_loss(output.logits, target)

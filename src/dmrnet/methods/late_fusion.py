@@ -91,7 +91,13 @@ class LateFusion(EncoderFusionMethod):
         fused = average_probabilities(unimodal, masks, per_combination=True)  # (C, B, K)
         return [MethodOutput(logits=fused[c]) for c in range(masks.shape[0])]
 
-    def loss(self, output: MethodOutput, target: torch.Tensor, mask: torch.Tensor) -> LossOutput:
+    def loss(
+        self,
+        output: MethodOutput,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        present: torch.Tensor | None = None,
+    ) -> LossOutput:
         """Sum over the used modalities of each classifier's own task loss."""
         unimodal = output.extras["unimodal_logits"]  # (B, M, K, ...)
         batch, count = unimodal.shape[:2]
