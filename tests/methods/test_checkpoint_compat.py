@@ -1,12 +1,16 @@
 """Checkpoints written before the head component still load, and the models are unchanged.
 
-`legacy_checkpoints.pt` was recorded with the code of commit d5c99d8 (before nn/heads.py):
+`legacy_checkpoints.pt.xz` was recorded with the code of commit d5c99d8 (before nn/heads.py), by
+this file run as a script against that commit's package:
 
-    git worktree add /tmp/old d5c99d8
+    mkdir /tmp/old && git archive d5c99d8 src | tar -x -C /tmp/old
     PYTHONPATH=/tmp/old/src python tests/methods/test_checkpoint_compat.py
 
 For every method it holds the state_dict after two training steps from seed 0, the evaluation
-logits of every combination and the resolved model config as a run saves it. Today's code must
+logits of every combination and the resolved model config as a run saves it. The models are as
+small as each family allows (a few hundred parameters) and each state_dict is stored as one flat
+tensor per dtype (`pack`), and the torch.save file is xz-compressed (the many module names,
+which are what changed, compress well): about 65 KB. Today's code must
 (1) load that state_dict (module names changed; `Method.legacy_state_keys` maps them) and predict
 the same logits, (2) reproduce the same training from seed 0: parameter creation order, hence the
 random initialization, is unchanged, and (3) parse the saved config (fields a family no longer
@@ -16,6 +20,9 @@ Only APIs that both versions have are used here.
 
 from __future__ import annotations
 
+import io
+import lzma
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -31,21 +38,21 @@ from dmrnet.tasks import build_task
 
 # Recorded with one thread; a reduction split over several threads rounds differently.
 pytestmark = pytest.mark.usefixtures("one_thread")
-FIXTURE = Path(__file__).with_name("legacy_checkpoints.pt")
-BATCH = 8
+FIXTURE = Path(__file__).with_name("legacy_checkpoints.pt.xz")
+BATCH = 4
 VECTOR = {
-    "encoder": {"name": "mlp", "options": {"hidden": [16], "dropout": 0.0}},
-    "feature_dim": 8,
-    "embed_dim": 8,
+    "encoder": {"name": "mlp", "options": {"hidden": [4], "dropout": 0.0}},
+    "feature_dim": 4,
+    "embed_dim": 4,
 }
 DENSE = {
-    "encoder": {"name": "resnet", "options": {"depth": 10, "width": 4}},
-    "embed_dim": 8,
-    "decoder_channels": [8, 8, 8],
+    "encoder": {"name": "resnet", "options": {"depth": 10, "width": 1}},
+    "embed_dim": 2,
+    "decoder_channels": [2, 2, 2],
     "decoder_blocks": 1,
     "context_bins": [1],
 }
-SURF = {"depth": 10, "width": 4, "embed_dim": 8}
+SURF = {"depth": 10, "width": 1, "embed_dim": 2}
 FIELDS: dict[str, dict[str, Any]] = {
     "dmrnet": VECTOR,
     "moddrop": VECTOR,
@@ -59,7 +66,7 @@ FIELDS: dict[str, dict[str, Any]] = {
     "surf-dmrnet": SURF,
     "surf-moddrop": SURF,
 }
-SHAPES = {"a": (3, 8, 8), "b": (1, 8, 8)}
+SHAPES = {"a": (3, 4, 4), "b": (1, 4, 4)}
 
 
 def spec_for(method: str) -> DataSpec:
@@ -73,7 +80,7 @@ def spec_for(method: str) -> DataSpec:
 def batch_for(spec: DataSpec) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(1)
     inputs = {n: torch.randn(BATCH, *s, generator=generator) for n, s in SHAPES.items()}
-    shape = (BATCH, 8, 8) if spec.task == "segmentation" else (BATCH,)
+    shape = (BATCH, *SHAPES["a"][1:]) if spec.task == "segmentation" else (BATCH,)
     target = torch.randint(0, spec.num_classes, shape, generator=generator)
     return {"inputs": inputs, "present": torch.ones(BATCH, 2, dtype=torch.bool), "target": target}
 
@@ -125,9 +132,36 @@ def renamed(model: Method, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return state
 
 
+def pack(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A state_dict as its keys and shapes plus one flat tensor per dtype: a torch.save of ~100
+    separate small tensors would be mostly per-tensor file overhead."""
+    flat: dict[str, list[torch.Tensor]] = {}
+    for tensor in state.values():
+        flat.setdefault(str(tensor.dtype), []).append(tensor.reshape(-1))
+    return {
+        "keys": [(key, str(t.dtype), list(t.shape)) for key, t in state.items()],
+        "values": {dtype: torch.cat(parts) for dtype, parts in flat.items()},
+    }
+
+
+def unpack(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """`pack` undone, keys in their saved order."""
+    offsets = dict.fromkeys(packed["values"], 0)
+    state = {}
+    for key, dtype, shape in packed["keys"]:
+        size, start = math.prod(shape), offsets[dtype]
+        state[key] = packed["values"][dtype][start : start + size].reshape(shape).clone()
+        offsets[dtype] = start + size
+    return state
+
+
 @pytest.fixture(scope="module")
 def legacy() -> dict[str, Any]:
-    return torch.load(FIXTURE, weights_only=True)
+    records = torch.load(io.BytesIO(lzma.decompress(FIXTURE.read_bytes())), weights_only=True)
+    return {
+        name: {**record, "state": unpack(record["state"]), "logits": list(record["logits"])}
+        for name, record in records.items()
+    }
 
 
 @pytest.mark.parametrize("method", sorted(FIELDS))
@@ -171,6 +205,9 @@ if __name__ == "__main__":
     for name in FIELDS:
         trained, predicted = train_and_predict(name)
         config = trained.config.model_dump(mode="json")
-        records[name] = {"state": trained.state_dict(), "logits": predicted, "config": config}
-    torch.save(records, FIXTURE)
+        state, logits = pack(trained.state_dict()), torch.stack(predicted)
+        records[name] = {"state": state, "logits": logits, "config": config}
+    buffer = io.BytesIO()
+    torch.save(records, buffer)
+    FIXTURE.write_bytes(lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME))
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")
