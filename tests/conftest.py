@@ -15,6 +15,17 @@ from dmrnet.methods import METHODS
 HANDWRITTEN = Path(os.environ.get("DMRNET_DATA", "/nonexistent")) / "handwritten"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker (`-n N`) gets its share of the cores, and so do the processes it
+    starts (OMP_NUM_THREADS): N workers with one thread per core each would oversubscribe the
+    machine several times over. A thread count set by the user stays."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Derived files go to a per-session temporary cache, never the user's."""

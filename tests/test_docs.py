@@ -3,13 +3,17 @@ one epoch is injected into training commands) or is skipped with a stated reason
 examples of docs/python-api.md and README.md run as they are.
 
 Commands run in-process (`dmrnet.cli.main`), one working directory per document, in document
-order, so a later command finds the run directory an earlier one wrote.
+order, so a later command finds the run directory an earlier one wrote. A training command that
+another document (or a document's setup) already ran, the same but for its run directory, is
+trained once per session and copied (`Trainings`); the documents that share one run on one
+pytest-xdist worker (`xdist_group`).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -127,23 +131,55 @@ def write_inputs_csv(folder: Path) -> None:
     (folder / "inputs.csv").write_text("\n".join([",".join(header), *rows]) + "\n")
 
 
-def train_handwritten(folder: Path) -> None:
-    """`runs/hw`, the run a document's commands continue, evaluate or predict with."""
-    command = ["train", "handwritten/dmrnet", "--run-dir", str(folder / "runs" / "hw")]
-    assert main(command + TINY["train"]) == 0
+class Trainings:
+    """`dmrnet train` commands run once per session: the same command (its run directory aside)
+    again gets a copy of the finished run. Trainings are deterministic, so the copy is what the
+    command would write. A command that names a file of the working directory (a document's own
+    config) always runs: in another document's directory the same name is another file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.runs = folder, {}
+
+    @staticmethod
+    def key(args: list[str]) -> tuple[str, ...] | None:
+        """`args` without their `--run-dir`, for a new training; None for anything else."""
+        if args[0] != "train" or "--resume" in args or "--run-dir" not in args:
+            return None
+        at = args.index("--run-dir")
+        rest = args[:at] + args[at + 2 :]
+        return None if any(Path(word).exists() for word in rest) else tuple(rest)
+
+    def train(self, args: list[str]) -> None:
+        key = self.key(args)
+        assert key is not None, args
+        run_dir = Path(args[args.index("--run-dir") + 1])
+        if key not in self.runs:
+            self.runs[key] = self.folder / str(len(self.runs))
+            assert main([*key, "--run-dir", str(self.runs[key])]) == 0, f"failed: {args}"
+        shutil.copytree(self.runs[key], run_dir)
+
+
+@pytest.fixture(scope="session")
+def trainings(tmp_path_factory: pytest.TempPathFactory) -> Trainings:
+    return Trainings(tmp_path_factory.mktemp("doc-trainings"))
 
 
 SETUP = {  # files a document's commands expect in the working directory
     "README.md": [write_inputs, write_inputs_csv],
-    "calibration.md": [write_inputs, train_handwritten],
+    "calibration.md": [write_inputs],
     "deploy.md": [write_inputs],
-    "runs.md": [train_handwritten],
     "datasets.md": [write_my_views],
     "plugins.md": [write_inputs, link_examples],
 }
+# `runs/hw`, the run these documents' commands continue, evaluate or predict with, is trained
+# first (as README.md trains it, without its --set).
+CONTINUES_HW = {"calibration.md", "runs.md"}
+HANDWRITTEN_RUN = ["train", "handwritten/dmrnet", "--run-dir", "runs/hw", *TINY["train"]]
 
 
-def run_command(command: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_command(
+    command: str, folder: Path, monkeypatch: pytest.MonkeyPatch, trainings: Trainings
+) -> None:
     words = shlex.split(command)
     if words[0] == "export":
         name, _, value = words[1].partition("=")
@@ -155,23 +191,45 @@ def run_command(command: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> 
     args = words[1:]
     if args[0] in TINY:
         args += TINY[args[0]]  # later --set values win: a documented resume extends to 1 epoch
-    assert main(args) == 0, f"failed as written: {command}"
+    if Trainings.key(args) is not None:
+        trainings.train(args)
+    else:
+        assert main(args) == 0, f"failed as written: {command}"
+
+
+def training_keys(doc: Path) -> set[tuple[str, ...]]:
+    """The trainings a document's setup and commands start (as `Trainings.key`s)."""
+    commands = [shlex.split(c) for c in shell_commands(doc) if skip_reason(c) is None]
+    trained = [words[1:] + TINY["train"] for words in commands if words[:2] == ["dmrnet", "train"]]
+    if doc.name in CONTINUES_HW:
+        trained.append(HANDWRITTEN_RUN)
+    return {key for key in map(Trainings.key, trained) if key is not None}
+
+
+def doc_param(doc: Path) -> object:
+    """A document, on the worker of every other document that trains one of its runs."""
+    keys = training_keys(doc)
+    if any(keys & training_keys(other) for other in DOCUMENTED if other != doc):
+        return pytest.param(doc, id=doc.name, marks=pytest.mark.xdist_group("doc-trainings"))
+    return pytest.param(doc, id=doc.name)
 
 
 DOCUMENTED = [doc for doc in DOCS if shell_commands(doc)]
 
 
-@pytest.mark.parametrize("doc", DOCUMENTED, ids=[doc.name for doc in DOCUMENTED])
+@pytest.mark.parametrize("doc", [doc_param(doc) for doc in DOCUMENTED])
 def test_every_shell_command_runs_as_written(
-    doc, tmp_path, monkeypatch, handwritten_available, capsys
+    doc, tmp_path, monkeypatch, handwritten_available, capsys, trainings
 ):
     monkeypatch.chdir(tmp_path)
     for setup in SETUP.get(doc.name, []):
         setup(tmp_path)
+    if doc.name in CONTINUES_HW:
+        trainings.train(HANDWRITTEN_RUN)
     ran = 0
     for command in shell_commands(doc):
         if skip_reason(command) is None:
-            run_command(command, tmp_path, monkeypatch)
+            run_command(command, tmp_path, monkeypatch, trainings)
             ran += 1
     if doc.name == "README.md":
         # The README's Python snippet uses the run its commands trained.
