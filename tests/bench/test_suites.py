@@ -13,7 +13,7 @@ def test_the_studies_are_packaged_suites():
     assert {"quick", "standard", "handwritten", "handwritten-pad", "avdigits-ladder"} <= set(
         TRAINING
     )
-    assert set(THROUGHPUT) == {"throughput", "throughput-cpu"}
+    assert {"throughput", "throughput-cpu"} <= set(THROUGHPUT)
 
 
 @pytest.mark.parametrize("name", TRAINING)
@@ -44,7 +44,8 @@ def test_the_ladder_suite_lists_its_rungs_in_order():
 @pytest.mark.parametrize("name", THROUGHPUT)
 def test_every_packaged_throughput_suite_parses(name):
     _, built = load_throughput_suite(SUITES_DIR / f"{name}.yaml")
-    assert set(built) == {"av", "seg", "surf"}
+    if name in ("throughput", "throughput-cpu"):  # the three families' networks at paper size
+        assert set(built) == {"av", "seg", "surf"}
     for config, spec in built.values():
         assert config.model.hcr.warmup_epochs == 1  # the untimed epoch is the HCR's warm-up
         assert set(spec.input_shapes) == set(spec.modalities.names)
