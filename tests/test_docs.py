@@ -5,7 +5,7 @@ examples of docs/python-api.md and README.md run as they are.
 Commands run in-process (`dmrnet.cli.main`), one working directory per document, in document
 order, so a later command finds the run directory an earlier one wrote. A training command that
 another document (or a document's setup) already ran, the same but for its run directory, is
-trained once per session and copied (`Trainings`); the documents that share one run on one
+trained once per session and copied (`Trainings`); the documents that share a run go to one
 pytest-xdist worker (`xdist_group`).
 """
 
