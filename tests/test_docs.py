@@ -5,8 +5,7 @@ examples of docs/python-api.md and README.md run as they are.
 Commands run in-process (`dmrnet.cli.main`), one working directory per document, in document
 order, so a later command finds the run directory an earlier one wrote. A training command that
 another document (or a document's setup) already ran, the same but for its run directory, is
-trained once per session and copied (`Trainings`); the documents that share a run go to one
-pytest-xdist worker (`xdist_group`).
+trained once per session (per pytest-xdist worker) and copied (`Trainings`).
 """
 
 from __future__ import annotations
@@ -197,27 +196,10 @@ def run_command(
         assert main(args) == 0, f"failed as written: {command}"
 
 
-def training_keys(doc: Path) -> set[tuple[str, ...]]:
-    """The trainings a document's setup and commands start (as `Trainings.key`s)."""
-    commands = [shlex.split(c) for c in shell_commands(doc) if skip_reason(c) is None]
-    trained = [words[1:] + TINY["train"] for words in commands if words[:2] == ["dmrnet", "train"]]
-    if doc.name in CONTINUES_HW:
-        trained.append(HANDWRITTEN_RUN)
-    return {key for key in map(Trainings.key, trained) if key is not None}
-
-
-def doc_param(doc: Path) -> object:
-    """A document, on the worker of every other document that trains one of its runs."""
-    keys = training_keys(doc)
-    if any(keys & training_keys(other) for other in DOCUMENTED if other != doc):
-        return pytest.param(doc, id=doc.name, marks=pytest.mark.xdist_group("doc-trainings"))
-    return pytest.param(doc, id=doc.name)
-
-
 DOCUMENTED = [doc for doc in DOCS if shell_commands(doc)]
 
 
-@pytest.mark.parametrize("doc", [doc_param(doc) for doc in DOCUMENTED])
+@pytest.mark.parametrize("doc", DOCUMENTED, ids=[doc.name for doc in DOCUMENTED])
 def test_every_shell_command_runs_as_written(
     doc, tmp_path, monkeypatch, handwritten_available, capsys, trainings
 ):
