@@ -86,10 +86,9 @@ def test_the_ensemble_needs_trained_experts_and_only_head_families_have_them(mak
 
 
 @pytest.fixture(scope="module")
-def plus_run(tmp_path_factory):
+def plus_run(tmp_path_factory, tiny_files):
     """A tiny dmrnet-plus-like run: tuned head, experts, product with one w per size fitted."""
-    from conftest import tiny_config, write_synthetic_views
-
+    write_synthetic_views, tiny_config = tiny_files
     root = tmp_path_factory.mktemp("plus")
     raw = tiny_config(
         write_synthetic_views(root / "views.npz"),
