@@ -206,12 +206,16 @@ class Method(nn.Module):
         if experts is None or not (self.training or experts.ensemble):
             return outputs
         logits = experts(per_modality, size)
-        for output, mask in zip(outputs, masks, strict=True):
-            mask = mask.expand(logits.shape[0], -1)
-            if self.training:
+        if masks.dim() == 2:  # (C, M): the same mask for every sample
+            masks = masks[:, None, :].expand(-1, logits.shape[0], -1)
+        if self.training:
+            for output, mask in zip(outputs, masks, strict=True):
                 output.extras["experts"], output.extras["experts_mask"] = logits, mask
-            else:
-                output.logits = experts.combine(output.logits, logits, mask)
+            return outputs
+        # Every combination's product at once: (C, B, K, ...) from one broadcast.
+        products = experts.combine(torch.stack([o.logits for o in outputs]), logits, masks)
+        for output, product in zip(outputs, products, strict=True):
+            output.logits = product
         return outputs
 
     # -- the interface ----------------------------------------------------------------------

@@ -116,10 +116,12 @@ class PooledLinear(nn.Linear):
 
 
 def present_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the present modalities of per-modality values (B, M, ...) for a (B, M) mask;
-    a row without any present modality gives 0."""
+    """Mean over the present modalities of per-modality values (B, M, ...) for a (B, M) mask,
+    or for masks (C, B, M) of C combinations at once (-> (C, B, ...)); a row without any present
+    modality gives 0."""
+    dim = mask.dim() - 1  # the modality axis
     weights = mask.to(values.dtype).view(*mask.shape, *([1] * (values.dim() - 2)))
-    return (values * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1)
 
 
 class UnimodalExperts(nn.Module):
@@ -150,10 +152,15 @@ class UnimodalExperts(nn.Module):
     def combine(
         self, fused: torch.Tensor, experts: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """log softmax(fused) + w * mean of the present experts' log softmax, per sample."""
-        weight = self.mix[(mask.long() * self.powers).sum(-1)]  # (B,)
-        weight = weight.view(-1, *([1] * (fused.dim() - 1)))
-        return F.log_softmax(fused, 1) + weight * present_mean(F.log_softmax(experts, 2), mask)
+        """log softmax(fused) + w * mean of the present experts' log softmax, per sample: fused
+        (B, K, ...) and mask (B, M), or C combinations at once, fused (C, B, K, ...) and masks
+        (C, B, M); experts (B, M, K, ...)."""
+        classes = mask.dim() - 1  # the class axis of `fused`
+        weight = self.mix[(mask.long() * self.powers).sum(-1)]  # (B,) or (C, B)
+        weight = weight.view(*weight.shape, *([1] * (fused.dim() - weight.dim())))
+        return F.log_softmax(fused, classes) + weight * present_mean(
+            F.log_softmax(experts, 2), mask
+        )
 
     def loss(
         self,
