@@ -317,6 +317,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         report=args.report,
         figures=args.figures,
+        report_only=args.report_only,
     )
     return 0
 
@@ -503,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--datasets", action="append", help="only these datasets (suite labels)")
     bench.add_argument("--no-speed", action="store_true", help="skip speed and memory")
+    bench.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the finished runs (missing seeds are listed in the notes)",
+    )
     bench.add_argument(
         "--device", default="cpu", help="device of the speed and throughput measurements"
     )

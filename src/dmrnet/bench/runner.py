@@ -368,9 +368,12 @@ def run_bench(
     figures: str | Path | None = None,
     command: str | None = None,
     console: Any = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run (or continue) a suite and write OUT/results.json, OUT/report.md and the figures;
-    `report` (and `figures`) write the Markdown report elsewhere too (e.g. BENCHMARKS.md)."""
+    `report` (and `figures`) write the Markdown report elsewhere too (e.g. BENCHMARKS.md).
+    `report_only`: train, evaluate and time nothing; report the runs that are finished (the
+    report's notes list the seeds that have no results)."""
     from rich.console import Console
 
     out = Path(out)
@@ -378,7 +381,8 @@ def run_bench(
     console = console or Console()
     torch_device = torch.device(device)
     command = command or "dmrnet " + " ".join(sys.argv[1:])
-    run_jobs(loaded, out, data_root, console, torch_device)
+    if not report_only:
+        run_jobs(loaded, out, data_root, console, torch_device)
     results = collect(loaded, out, data_root, command, torch_device)
     written = write_outputs(results, out / "report.md", out / "figures", out / "results.json")
     if report is not None:
