@@ -137,12 +137,14 @@ def test_sigint_stops_at_a_batch_boundary_and_prints_the_resume_command(
     config.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
     original = stop_at(monkeypatch, 1, 1, lambda: os.kill(os.getpid(), signum))
+    # What the process had before (SIG_IGN under nohup or a background job, else Python's).
+    before = signal.getsignal(signal.SIGINT)
     code = main(["train", str(config), "--run-dir", str(run_dir)])
     assert code == 128 + signum
     err = capsys.readouterr().err
     assert f"interrupted by {signal.Signals(signum).name}" in err
     assert f"resume with: dmrnet train --resume {run_dir}\n" in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == before  # the guard restored the handler
     monkeypatch.setattr(LitMethod, "training_step", original)
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert_same_run(reference, run_dir)
