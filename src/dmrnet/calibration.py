@@ -22,7 +22,6 @@ plain types, weights_only-loadable) and applied by evaluate, predict and the Pyt
 from __future__ import annotations
 
 import functools
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -317,15 +316,13 @@ def read_calibration(meta: Mapping[str, Any], modalities: ModalitySet) -> Calibr
 
 def store_calibration(path: str | Path, calibration: Calibration, modalities: ModalitySet) -> None:
     """Write `calibration` into the checkpoint file at `path` (replacing any earlier one)."""
-    from dmrnet.files import write_with_checksum
+    from dmrnet.files import update_checkpoint
 
-    path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    checkpoint["dmrnet"]["calibration"] = calibration.to_dict(modalities)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
+    def edit(checkpoint: dict[str, Any]) -> None:
+        checkpoint["dmrnet"]["calibration"] = calibration.to_dict(modalities)
+
     # Atomic, with the sha256 record beside the checkpoint updated (runs.read_checkpoint).
-    write_with_checksum(path, buffer.getvalue())
+    update_checkpoint(path, edit)
 
 
 # -- availability probabilities -------------------------------------------------------------------

@@ -16,7 +16,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -87,6 +87,18 @@ CHECKSUM_SUFFIX = ".sha256"
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def update_checkpoint(path: str | Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Load the checkpoint at `path` (weights only), let `edit` change it in place, and write it
+    back atomically with its sha256 record updated (e.g. what was fitted after training)."""
+    import torch  # here: dmrnet.files is imported where torch is not needed
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    edit(checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_with_checksum(path, buffer.getvalue())
 
 
 def write_with_checksum(path: str | Path, data: bytes) -> None:

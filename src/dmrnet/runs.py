@@ -53,7 +53,7 @@ from dmrnet.errors import (
     RunInterrupted,
 )
 from dmrnet.evaluate import EvaluationReport, build_report
-from dmrnet.files import RunLock, atomic_write, verify_checksum, write_text
+from dmrnet.files import RunLock, atomic_write, update_checkpoint, verify_checksum, write_text
 from dmrnet.methods import Method, build_method
 from dmrnet.methods.stages import StagedMethod, TrainingStage
 from dmrnet.modalities import Combination
@@ -372,16 +372,22 @@ def test_evaluation(run: RunPlan) -> tuple[LoadedRun, EvaluationReport]:
     """The run's best checkpoint, evaluated on every combination of the test split (after its
     product-of-experts weights are fitted on validation, for a method that has them)."""
     loaded = load_checkpoint(resolve_checkpoint(run.run_dir))
-    ensemble = fit_ensemble_on_validation(loaded.method, loaded.config, run.data)
-    if ensemble is not None and _is_rank_zero():
-        store_method_state(loaded.checkpoint, loaded.method)
-    report = evaluate_model(loaded.method, loaded.config, run.data, "test")
-    if ensemble is not None:
-        report.extra["ensemble"] = ensemble
-    if report.calibration is not None and _is_rank_zero():
-        # Fitted on validation after training: predict and evaluate reuse it.
-        store_calibration(loaded.checkpoint, report.calibration, run.data.spec.modalities)
+    report = evaluate_model(loaded.method, loaded.config, run.data, "test", fit_ensemble=True)
+    fitted = "ensemble" in report.extra or report.calibration is not None
+    if fitted and _is_rank_zero():
+        # Fitted on validation after training: predict and evaluate reuse them.
+        update_checkpoint(loaded.checkpoint, lambda c: _store_fitted(c, loaded.method, report))
     return loaded, report
+
+
+def _store_fitted(checkpoint: dict[str, Any], method: Method, report: EvaluationReport) -> None:
+    """Put into `checkpoint` what `test_evaluation` fitted: the product-of-experts weights (a
+    buffer of the method) and the calibration."""
+    if "ensemble" in report.extra:
+        state = {f"method.{key}": value for key, value in method.state_dict().items()}
+        checkpoint["state_dict"].update(state)
+    if report.calibration is not None:
+        checkpoint["dmrnet"]["calibration"] = report.calibration.to_dict(method.modalities)
 
 
 def write_reports(run: RunPlan, loaded: LoadedRun, report: EvaluationReport) -> None:
@@ -708,12 +714,21 @@ def evaluate_model(
     split: str,
     combinations: list[Combination] | None = None,
     calibration: Calibration | None = None,
+    fit_ensemble: bool = False,
 ) -> EvaluationReport:
-    """Evaluate `split` with `calibration`, else one fitted on the validation split."""
+    """Evaluate `split` with `calibration`, else one fitted on the validation split; with
+    `fit_ensemble`, the method's product-of-experts weights are first chosen on validation as
+    `eval.ensemble_fit` says (dmrnet.ensemble; results.json "ensemble")."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
     dataset = getattr(data, split)
     loader = make_loader(dataset, config.eval.batch_size, False, config.data.num_workers)
+    validation = make_loader(data.val, config.eval.batch_size, False, config.data.num_workers)
+    ensemble = None
+    if fit_ensemble:
+        from dmrnet.ensemble import fit_ensemble as fit
+
+        ensemble = fit(method, validation, config.eval.ensemble_fit)
     if combinations is None:
         combinations = parse_combinations(method, config.eval.combinations, "eval.combinations")
     report = build_report(
@@ -725,41 +740,16 @@ def evaluate_model(
         combinations=combinations,
         availability_p=config.eval.availability_p,
         # Temperatures and the task's decision values (PAD's equal-error threshold).
-        calibration_loader=make_loader(
-            data.val, config.eval.batch_size, False, config.data.num_workers
-        ),
+        calibration_loader=validation,
         calibration=calibration,
         target_accuracy=config.eval.target_accuracy,
         availability=_availability(method, config),
     )
+    if ensemble is not None:
+        report.extra["ensemble"] = ensemble
     if method.hcr.enabled:  # what the HCR selected, and on which statistics
         report.extra["hcr"] = method.hcr.summary()
     return report
-
-
-def fit_ensemble_on_validation(
-    method: Method, config: Config, data: DataSplits
-) -> dict[str, Any] | None:
-    """The mixing weights of the method's product of experts chosen on the validation split as
-    `eval.ensemble_fit` says (dmrnet.ensemble); None for a method without one."""
-    from dmrnet.ensemble import fit_ensemble
-
-    loader = make_loader(data.val, config.eval.batch_size, False, config.data.num_workers)
-    return fit_ensemble(method, loader, config.eval.ensemble_fit)
-
-
-def store_method_state(path: Path, method: Method) -> None:
-    """Write the method's current weights and buffers into the checkpoint at `path` (after a
-    post-training fit changed a buffer), keeping the rest of the checkpoint."""
-    from dmrnet.files import write_with_checksum
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    checkpoint["state_dict"].update(
-        {f"method.{key}": value for key, value in method.state_dict().items()}
-    )
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    write_with_checksum(path, buffer.getvalue())
 
 
 def _availability(method: Method, config: Config) -> dict[str, float] | None:

@@ -38,7 +38,6 @@ from dmrnet.runs import (
     build_data_for,
     build_model,
     evaluate_model,
-    fit_ensemble_on_validation,
     load_checkpoint,
     train,
 )
@@ -100,11 +99,7 @@ def evaluate_again(job: Job, out: Path, name: str, data_root: str | None) -> Pat
     method.eval()
     directory.mkdir(parents=True, exist_ok=True)
     save_config(config, directory / "config.yaml")  # first: results never exist unchecked
-    ensemble = fit_ensemble_on_validation(method, config, data)  # eval.ensemble_fit
-    report = evaluate_model(method, config, data, "test")
-    if ensemble is not None:
-        report.extra["ensemble"] = ensemble
-    report.write(directory)
+    evaluate_model(method, config, data, "test", fit_ensemble=True).write(directory)
     return directory
 
 
