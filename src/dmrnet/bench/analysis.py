@@ -21,7 +21,7 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
-from dmrnet.bench.report import mean_std
+from dmrnet.bench.report import mean_std, paired_summary
 from dmrnet.calibration import calibration_analysis
 
 Dataset = dict[str, Any]
@@ -42,15 +42,9 @@ def rung(dataset: Dataset, label: str) -> dict[str, Any]:
 def wins_ties_losses(
     upper: dict[str, Any], lower: dict[str, Any], key: str, higher_is_better: bool
 ) -> list[int]:
-    """[wins, ties, losses] of `upper` over the seeds both have, on `key`."""
-    counts = [0, 0, 0]
-    for s in set(upper["seeds"]) & set(lower["seeds"]):
-        a, b = _value(upper["seeds"][s], key), _value(lower["seeds"][s], key)
-        if a is None or b is None:
-            continue
-        better = a > b if higher_is_better else a < b
-        counts[0 if better else 1 if a == b else 2] += 1
-    return counts
+    """[wins, ties, losses] of `upper` over the seeds both have, on summary `key`."""
+    paired = paired_summary(upper, lower, key, higher_is_better)
+    return [paired["reference_losses"], paired["ties"], paired["reference_wins"]]
 
 
 def paired_differences(

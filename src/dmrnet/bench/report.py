@@ -63,6 +63,26 @@ def aggregate_method(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def paired_summary(
+    method: dict[str, Any], reference: dict[str, Any], key: str, higher_is_better: bool
+) -> dict[str, Any]:
+    """Summary `key` (mean, worst, ...) paired over the seeds both have: the differences
+    (method - reference) and the reference's wins / ties / losses."""
+    seeds = set(method["seeds"]) & set(reference["seeds"])
+    sign = 1.0 if higher_is_better else -1.0
+    pairs = [
+        (method["seeds"][s]["summary"].get(key), reference["seeds"][s]["summary"].get(key))
+        for s in sorted(seeds, key=int)
+    ]
+    pairs = [(m, r) for m, r in pairs if m is not None and r is not None]
+    return {
+        "difference": mean_std([m - r for m, r in pairs]),
+        "reference_wins": sum(sign * (r - m) > 0 for m, r in pairs),
+        "ties": sum(m == r for m, r in pairs),
+        "reference_losses": sum(sign * (m - r) > 0 for m, r in pairs),
+    }
+
+
 def compare(
     method: dict[str, Any], reference: dict[str, Any], higher_is_better: bool
 ) -> dict[str, Any]:
@@ -73,18 +93,7 @@ def compare(
     sign = 1.0 if higher_is_better else -1.0
     out: dict[str, Any] = {"seeds": [int(s) for s in seeds]}
     for key in SUMMARY_KEYS:
-        pairs = [
-            (method["seeds"][s]["summary"].get(key), reference["seeds"][s]["summary"].get(key))
-            for s in seeds
-        ]
-        pairs = [(m, r) for m, r in pairs if m is not None and r is not None]
-        differences = [m - r for m, r in pairs]
-        out[key] = {
-            "difference": mean_std(differences),
-            "reference_wins": sum(sign * (r - m) > 0 for m, r in pairs),
-            "ties": sum(m == r for m, r in pairs),
-            "reference_losses": sum(sign * (m - r) > 0 for m, r in pairs),
-        }
+        out[key] = paired_summary(method, reference, key, higher_is_better)
     better = worse = 0
     for name, value in method["combinations"].items():
         ours, theirs = reference["combinations"][name]["mean"], value["mean"]
