@@ -389,7 +389,7 @@ def test_the_experts_variant_trains_its_experts_and_predicts_their_product(case)
     with torch.no_grad():
         features = model.encode(batch["inputs"], batch["present"])
         product = model.decode(features, batch["present"]).logits
-        model.experts.set_mix(dict.fromkeys(range(2 ** len(model.modalities)), 0.0))
+        model.experts.set_mix(dict.fromkeys(model.modalities.combinations(), 0.0))
         fused = model.decode(features, batch["present"]).logits
     # w = 0 leaves the fused prediction's log-probabilities; w = 0.7 adds the experts'.
     assert torch.allclose(fused.exp().sum(1), torch.ones_like(fused[:, 0]), atol=1e-4)

@@ -37,10 +37,6 @@ from dmrnet.modalities import Combination
 GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
-def _bits(combination: Combination) -> int:
-    return sum(1 << index for index in combination)
-
-
 def _groups(combinations: Sequence[Combination], granularity: EnsembleFit) -> list[list[int]]:
     """The indices of the combinations that share one weight."""
     if granularity == "global":
@@ -59,12 +55,10 @@ def choose(
     chosen = []
     for group in groups:
         values = scores[:, group].nanmean(1)  # (G,)
-        if not higher_is_better:
-            values = -values
-        best = values.max() if not bool(values.isnan().all()) else None
-        if best is None:
+        if bool(values.isnan().all()):  # no validation sample of this group
             chosen.append(default)
             continue
+        best = values.max() if higher_is_better else values.min()
         ties = [g for g in range(len(GRID)) if bool(values[g] == best)]
         chosen.append(GRID[min(ties, key=lambda g: abs(GRID[g] - default))])
     return chosen
@@ -90,12 +84,12 @@ def fit_ensemble(
     combinations = modalities.combinations()
     names = [modalities.format(c) for c in combinations]
     if granularity == "none":
-        experts.set_mix({_bits(c): default for c in combinations})
+        experts.set_mix(dict.fromkeys(combinations, default))
         return {"fit": "none", "weights": dict.fromkeys(names, default)}
     headline = method.task.headline
     scores = torch.full((len(GRID), len(combinations)), math.nan, dtype=torch.float64)
     for index, weight in enumerate(GRID):
-        experts.set_mix({_bits(c): weight for c in combinations})
+        experts.set_mix(dict.fromkeys(combinations, weight))
         results = evaluate_combinations(method, loader, combinations, device)
         scores[index] = torch.tensor([r.metrics[headline.name] for r in results])
     groups = _groups(combinations, granularity)
@@ -103,7 +97,7 @@ def fit_ensemble(
     chosen = choose(scores, groups, default, headline.higher_is_better)
     for group, value in zip(groups, chosen, strict=True):
         weights.update(dict.fromkeys(group, value))
-    experts.set_mix({_bits(combinations[i]): w for i, w in weights.items()})
+    experts.set_mix({combinations[i]: w for i, w in weights.items()})
     return {
         "fit": granularity,
         "metric": headline.name,

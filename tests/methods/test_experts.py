@@ -32,7 +32,7 @@ def test_the_product_of_experts_is_the_formula_with_each_combinations_weight():
     experts = UnimodalExperts(
         ExpertsConfig(weight=1.0, ensemble=True), [torch.nn.Identity() for _ in range(3)]
     )
-    experts.set_mix({0b011: 0.5, 0b100: 2.0})
+    experts.set_mix({(0, 1): 0.5, (2,): 2.0})
     fused, logits = torch.randn(2, 4), torch.randn(2, 3, 4)
     mask = torch.tensor([[True, True, False], [False, False, True]])
     product = experts.combine(fused, logits, mask)

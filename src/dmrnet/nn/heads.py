@@ -35,7 +35,7 @@ is one buffer entry per combination, the configured `mix` until it is fitted on 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -176,10 +176,10 @@ class UnimodalExperts(nn.Module):
         weights = mask.to(losses.dtype)
         return self.weight * (losses * weights).sum() / weights.sum().clamp(min=1)
 
-    def set_mix(self, weights: dict[int, float]) -> None:
-        """Set the weight of each combination, given by its bit mask."""
-        for bits, value in weights.items():
-            self.mix[bits] = value
+    def set_mix(self, weights: Mapping[tuple[int, ...], float]) -> None:
+        """Set the weight of each combination (a tuple of modality indices)."""
+        for combination, value in weights.items():
+            self.mix[sum(1 << index for index in combination)] = value
 
 
 def _norm(dim: int, dense: bool) -> nn.Module:
