@@ -106,6 +106,30 @@ def test_every_combination_evaluation_matches_the_per_combination_forward():
     assert [r.samples for r in batched.compute()] == [4, 3, 3]
 
 
+@pytest.mark.parametrize("feedback", [True, False])
+def test_each_dense_expert_decodes_its_own_modality_alone_once_for_all_combinations(feedback):
+    spec = make_spec(size=(36, 44))
+    model = make_method(spec=spec, fusion_feedback=feedback, experts={"weight": 1.0})
+    model.train()
+    inputs, present, _ = make_batch(spec)
+    mask = torch.tensor([[True, True], [True, False], [False, True], [True, True]])
+    experts = model.decode(model.encode(inputs, present), mask).extras["experts"]
+    assert experts.shape == (4, 2, CLASSES, 36, 44)  # (B, M, K, H, W) at the input size
+    model.eval()  # (BatchNorm in the branches) each expert changes with its own input only
+    before = model.experts(model.encode(inputs, present).own, (36, 44))
+    for index, name in enumerate(("rgb", "depth")):
+        other = dict(inputs, **{name: torch.rand_like(inputs[name])})
+        after = model.experts(model.encode(other, present).own, (36, 44))
+        assert not torch.allclose(before[:, index], after[:, index])
+        assert torch.equal(before[:, 1 - index], after[:, 1 - index])
+    calls = []
+    model.experts.register_forward_hook(lambda *_: calls.append(1))
+    model.experts.ensemble = True
+    masks = spec.modalities.masks(spec.modalities.combinations())
+    model.decode_many(model.encode(inputs, present), masks)
+    assert len(calls) == 1  # not once per combination
+
+
 def test_dense_embedding_samples_per_pixel_in_training_and_kl_has_gradient():
     spec = make_spec()
     model = make_method(spec=spec)

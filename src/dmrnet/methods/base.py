@@ -185,7 +185,7 @@ class Method(nn.Module):
     def with_experts(
         self,
         output: MethodOutput,
-        per_modality: list[torch.Tensor],
+        per_modality: Sequence[Any],
         mask: torch.Tensor,
         size: tuple[int, int] | None = None,
     ) -> MethodOutput:
@@ -196,7 +196,7 @@ class Method(nn.Module):
     def with_experts_many(
         self,
         outputs: list[MethodOutput],
-        per_modality: list[torch.Tensor],
+        per_modality: Sequence[Any],
         masks: torch.Tensor,
         size: tuple[int, int] | None = None,
     ) -> list[MethodOutput]:

@@ -292,6 +292,34 @@ class Decoder(nn.Module):
         return logits, side_logits
 
 
+class ExpertDecoder(nn.Module):
+    """A dense unimodal expert: one branch's own maps decoded the way the main decoder does it,
+    lighter. From layer4, three steps of [3x3 conv + ReLU, upsampling to the next level, + that
+    level's map (layer3, layer2, layer1) projected by a 1x1 conv], then a 3x3 conv to the classes
+    at the stride of layer1 (`UnimodalExperts` resizes it to the input). No BatchNorm and no
+    non-bottleneck blocks: the zero rows of samples without the modality move no statistics, and
+    the cost stays a fraction of the main decoder's."""
+
+    def __init__(self, stages: Sequence[int], channels: Sequence[int], classes: int) -> None:
+        super().__init__()
+        widths = [stages[3], *channels]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(3)
+        )
+        self.laterals = nn.ModuleList(
+            nn.Conv2d(c, d, 1) for c, d in zip(reversed(stages[:3]), channels, strict=True)
+        )
+        self.classify = nn.Conv2d(channels[-1], classes, 3, padding=1)
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits from the branch's layer1..layer4 maps."""
+        x = levels[3]
+        for conv, lateral, skip in zip(self.convs, self.laterals, levels[2::-1], strict=True):
+            x = F.interpolate(F.relu(conv(x)), size=skip.shape[-2:], mode="bilinear")
+            x = x + lateral(skip)
+        return self.classify(F.relu(x))
+
+
 def _stem_stride(net: ResNet) -> int:
     stride = 1
     for module in net.stem.modules():
@@ -310,9 +338,9 @@ class BranchMaps:
     size: tuple[int, int]  # input height and width
     batch: int
     all_rows: bool = False  # encoded without a presence mask: every row ran every branch (export)
-    # Per modality, its branch's deepest map computed on its own input alone (the unimodal
-    # experts' features; with feedback the primary branch runs its stages once more for it).
-    own: list[torch.Tensor] | None = None
+    # Per modality, its branch's layer1..layer4 maps computed on its own input alone (the unimodal
+    # experts' features; with feedback the primary branch runs its stages once more for them).
+    own: list[list[torch.Tensor]] | None = None
 
 
 # -- the network ----------------------------------------------------------------------------------
@@ -368,11 +396,11 @@ class DenseFusionMethod(Method):
                 "model.auxiliary_decoder: the auxiliary decoder trains on the HCR's hard samples; "
                 "set model.hcr.rule (the paper: incomplete) and a weight > 0, or turn it off"
             )
-        channels, embed, deepest = self.context_channels, config.embed_dim, stages[3]
+        channels, embed = self.context_channels, config.embed_dim
         self.head = self.build_head(
             lambda: nn.Conv2d(channels, embed, 1),
             embed,
-            expert=lambda: nn.Conv2d(deepest, spec.num_classes, 1),  # upsampled to the input
+            expert=lambda: ExpertDecoder(stages, decoder_channels, spec.num_classes),
             dense=True,
         )
 
@@ -431,13 +459,13 @@ class DenseFusionMethod(Method):
             maps.append(levels)
         own = None
         if self.experts is not None:
-            own = [levels[-1] for levels in maps]
+            own = [levels[1:] for levels in maps]
             if self.feedback:
                 rows = None if present is None else present[:, self.primary]
-                deepest = own[self.primary]
+                levels = [maps[self.primary][0]]
                 for stage in self.branches[self.modalities.names[self.primary]].stages:
-                    deepest = run_on_rows(stage, deepest, rows, self.training)
-                own[self.primary] = deepest
+                    levels.append(run_on_rows(stage, levels[-1], rows, self.training))
+                own[self.primary] = levels[1:]
         return BranchMaps(maps=maps, size=size, batch=batch, all_rows=present is None, own=own)
 
     def batch_size(self, features: BranchMaps) -> int:
@@ -461,6 +489,22 @@ class DenseFusionMethod(Method):
         return fused
 
     def decode(self, features: BranchMaps, mask: torch.Tensor) -> MethodOutput:
+        output = self.decode_fused(features, mask)
+        if features.own is None:
+            return output
+        return self.with_experts(output, features.own, mask, size=features.size)
+
+    def decode_many(self, features: BranchMaps, masks: torch.Tensor) -> list[MethodOutput]:
+        """Every combination through the fused path; the unimodal experts, which do not depend on
+        the mask, run once for all of them."""
+        batch = features.batch
+        outputs = [self.decode_fused(features, mask.expand(batch, -1)) for mask in masks]
+        if features.own is None:
+            return outputs
+        return self.with_experts_many(outputs, features.own, masks, size=features.size)
+
+    def decode_fused(self, features: BranchMaps, mask: torch.Tensor) -> MethodOutput:
+        """The fused network's output for a (B, M) mask (the prediction without the experts)."""
         fused = self.fuse(features, mask)
         skips = [project(f) for project, f in zip(self.skips, fused[3:0:-1], strict=True)]
         output = self.head(self.context(fused[4]))  # z: per-pixel sample in training, else mu
@@ -473,10 +517,7 @@ class DenseFusionMethod(Method):
             aux_logits, aux_sides = self.auxiliary(z, skips, features.size, sides)
             extras["auxiliary"] = aux_logits
             extras.update({f"auxiliary/side/{i}": s for i, s in enumerate(aux_sides)})
-        output = MethodOutput(logits=logits, variance=output.variance, extras=extras)
-        if features.own is None:
-            return output
-        return self.with_experts(output, features.own, mask, size=features.size)
+        return MethodOutput(logits=logits, variance=output.variance, extras=extras)
 
     # -- losses -----------------------------------------------------------------------------------
     def _scales_loss(
@@ -534,6 +575,7 @@ __all__: list[Any] = [
     "DMRNetSegConfig",
     "DenseFusionConfig",
     "DenseFusionMethod",
+    "ExpertDecoder",
     "ModDropSeg",
     "ModDropSegConfig",
 ]

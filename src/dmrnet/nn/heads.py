@@ -35,9 +35,9 @@ is one buffer entry per combination, the configured `mix` until it is fitted on 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -140,10 +140,11 @@ class UnimodalExperts(nn.Module):
         self.register_buffer("powers", 2 ** torch.arange(count), persistent=False)
 
     def forward(
-        self, per_modality: list[torch.Tensor], size: tuple[int, int] | None = None
+        self, per_modality: Sequence[Any], size: tuple[int, int] | None = None
     ) -> torch.Tensor:
         """(B, M, K) logits of every modality's expert ((B, M, K, H, W) for maps, resized to
-        `size` when given)."""
+        `size` when given); `per_modality` holds what each readout takes (a tensor, or the dense
+        experts' list of maps)."""
         logits = [readout(x) for readout, x in zip(self.readouts, per_modality, strict=True)]
         if size is not None:
             logits = [F.interpolate(x, size=size, mode="bilinear") for x in logits]
