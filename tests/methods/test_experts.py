@@ -41,6 +41,14 @@ def test_the_product_of_experts_is_the_formula_with_each_combinations_weight():
         [log_p[0] + 0.5 * (log_e[0, 0] + log_e[0, 1]) / 2, log_p[1] + 2.0 * log_e[1, 2]]
     )
     assert torch.allclose(product, expected)
+    # C combinations at once: per-sample masks (C, B, M), or masks (C, M) every sample shares.
+    masks = torch.tensor([[True, True, False], [False, False, True]])
+    many = torch.stack([fused, fused + 1.0])  # (C=2, B=2, K)
+    per_sample = experts.combine(many, logits, masks[:, None].expand(-1, 2, -1))
+    assert torch.allclose(experts.combine(many, logits, masks), per_sample)
+    assert torch.allclose(per_sample[0, 0], expected[0]) and torch.allclose(
+        per_sample[1, 1], expected[1]
+    )
 
 
 def test_the_experts_loss_counts_each_sample_and_modality_of_its_combination():

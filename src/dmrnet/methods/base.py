@@ -206,9 +206,9 @@ class Method(nn.Module):
         if experts is None or not (self.training or experts.ensemble):
             return outputs
         logits = experts(per_modality, size)
-        if masks.dim() == 2:  # (C, M): the same mask for every sample
-            masks = masks[:, None, :].expand(-1, logits.shape[0], -1)
         if self.training:
+            if masks.dim() == 2:  # (C, M): the same mask for every sample
+                masks = masks[:, None, :].expand(-1, logits.shape[0], -1)
             for output, mask in zip(outputs, masks, strict=True):
                 output.extras["experts"], output.extras["experts_mask"] = logits, mask
             return outputs

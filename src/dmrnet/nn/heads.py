@@ -115,13 +115,17 @@ class PooledLinear(nn.Linear):
         return super().forward(x.mean(dim=(2, 3)))
 
 
-def present_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the present modalities of per-modality values (B, M, ...) for a (B, M) mask,
-    or for masks (C, B, M) of C combinations at once (-> (C, B, ...)); a row without any present
-    modality gives 0."""
-    dim = mask.dim() - 1  # the modality axis
-    weights = mask.to(values.dtype).view(*mask.shape, *([1] * (values.dim() - 2)))
-    return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1)
+def present_mean(values: torch.Tensor, mask: torch.Tensor, shared: bool = False) -> torch.Tensor:
+    """Mean over the present modalities of per-modality values (B, M, ...): for a (B, M) mask
+    (-> (B, ...)), for masks (C, B, M) of C combinations at once, or with `shared` for masks
+    (C, M) that every sample shares (both -> (C, B, ...)). A row without any present modality
+    gives 0."""
+    weights = mask.to(values.dtype)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1)
+    # One product over the modality axis: no (C, B, M, ...) intermediate.
+    spec = "cm,bmr->cbr" if shared else "...bm,bmr->...br"
+    mean = torch.einsum(spec, weights, values.flatten(2))
+    return mean.unflatten(-1, values.shape[2:])
 
 
 class UnimodalExperts(nn.Module):
@@ -153,14 +157,16 @@ class UnimodalExperts(nn.Module):
     def combine(
         self, fused: torch.Tensor, experts: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """log softmax(fused) + w * mean of the present experts' log softmax, per sample: fused
-        (B, K, ...) and mask (B, M), or C combinations at once, fused (C, B, K, ...) and masks
-        (C, B, M); experts (B, M, K, ...)."""
-        classes = mask.dim() - 1  # the class axis of `fused`
-        weight = self.mix[(mask.long() * self.powers).sum(-1)]  # (B,) or (C, B)
+        """log softmax(fused) + w * mean of the present experts' log softmax, per sample, for
+        experts (B, M, K, ...): fused (B, K, ...) with mask (B, M); or C combinations at once,
+        fused (C, B, K, ...) with masks (C, B, M), or (C, M) shared by every sample."""
+        many = fused.dim() == experts.dim()  # a leading combination axis
+        shared = many and mask.dim() == 2
+        weight = self.mix[(mask.long() * self.powers).sum(-1)]  # (B,), (C, B) or (C,)
         weight = weight.view(*weight.shape, *([1] * (fused.dim() - weight.dim())))
-        return F.log_softmax(fused, classes) + weight * present_mean(
-            F.log_softmax(experts, 2), mask
+        experts = F.log_softmax(experts, 2)
+        return F.log_softmax(fused, 2 if many else 1) + weight * present_mean(
+            experts, mask, shared=shared
         )
 
     def loss(
