@@ -77,6 +77,7 @@ def training_loss(method: Method, batch: dict[str, Any]) -> LossOutput:
     mask = method.training_mask(present)  # (B, M) modality dropout
     features = method.encode(batch["inputs"], present)
     output = method.decode(features, mask)
+    method.add_teacher(output, features, mask, present)  # self-distillation (model.distill)
     return method.loss(output, batch["target"], mask, present=present)
 
 

@@ -14,7 +14,13 @@ from dmrnet.config import parse_config
 from dmrnet.ensemble import GRID, _groups, choose
 from dmrnet.errors import ConfigError
 from dmrnet.modalities import ModalitySet
-from dmrnet.nn.heads import ExpertsConfig, UnimodalExperts, present_mean
+from dmrnet.nn.heads import (
+    DistillConfig,
+    ExpertsConfig,
+    UnimodalExperts,
+    distillation_loss,
+    present_mean,
+)
 from dmrnet.runs import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,3 +175,61 @@ def test_experts_train_on_every_present_modality_or_only_the_drawn_combination(t
     per_modality = [F.cross_entropy(experts[:, m], target) for m in range(2)]
     expected = sum(per_modality) / 2 if train_on == "present" else per_modality[0]
     assert loss.terms["unimodal"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_distillation_is_t_squared_kl_on_the_taught_rows_only():
+    student = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]])
+    teacher = torch.tensor([[2.0, 1.0, 0.0], [9.0, -9.0, 0.0]])
+    rows = torch.tensor([True, False])
+    t = 2.0
+    p, q = F.softmax(teacher[0] / t, 0), F.softmax(student[0] / t, 0)
+    expected = t**2 * (p * (p.log() - q.log())).sum()
+    assert distillation_loss(student, teacher, rows, t).item() == pytest.approx(expected.item())
+    assert distillation_loss(student, teacher, torch.zeros(2, dtype=torch.bool), t).item() == 0
+    maps = student[:, :, None, None].expand(-1, -1, 2, 3)  # per pixel, averaged over pixels
+    teacher_maps = teacher[:, :, None, None].expand(-1, -1, 2, 3)
+    assert distillation_loss(maps, teacher_maps, rows, t).item() == pytest.approx(expected.item())
+
+
+def test_the_teacher_is_the_full_prediction_in_evaluation_mode_without_gradient():
+    from dmrnet.data.base import DataSpec
+    from dmrnet.methods import build_method
+    from dmrnet.methods.dmrnet import DMRNetConfig
+    from dmrnet.tasks import build_task
+
+    spec = DataSpec("tiny", ModalitySet(("a", "b")), {"a": (4,), "b": (3,)}, "classification", 3)
+    config = DMRNetConfig(
+        feature_dim=4,
+        embed_dim=4,
+        distill={"weight": 0.5, "temperature": 3.0},
+        encoder={"name": "mlp", "options": {"hidden": [8], "dropout": 0.5}},
+    )
+    torch.manual_seed(0)
+    method = build_method(config, spec, build_task(spec))
+    method.train()
+    method.standardize.eval()  # a module kept in evaluation mode during training stays so
+    inputs = {"a": torch.randn(6, 4), "b": torch.randn(6, 3)}
+    present = torch.ones(6, 2, dtype=torch.bool)
+    present[5, 1] = False  # sample 5 has no b: its drawn mask is all it has
+    mask = torch.tensor([[True, False]] * 3 + [[True, True]] * 2 + [[True, False]])
+    target = torch.arange(6) % 3
+    features = method.encode(inputs, present)
+    output = method.decode(features, mask)
+    method.add_teacher(output, features, mask, present)
+    assert method.training and not method.standardize.training
+    teacher, rows = output.extras["teacher"], output.extras["teacher_rows"]
+    assert rows.tolist() == [True, True, True, False, False, False]
+    assert not teacher.requires_grad
+    method.eval()
+    assert torch.allclose(teacher, method.decode(features, present).logits)  # the mean, no noise
+    method.train()
+    loss = method.loss(output, target, mask, present=present)
+    expected = 0.5 * distillation_loss(output.logits, teacher, rows, 3.0)
+    assert loss.terms["distill"].item() == pytest.approx(expected.item())
+    off = build_method(
+        config.model_copy(update={"distill": DistillConfig()}), spec, build_task(spec)
+    )
+    off.train()
+    output = off.decode(off.encode(inputs, present), mask)
+    off.add_teacher(output, features, mask, present)
+    assert "teacher" not in output.extras

@@ -3,6 +3,7 @@
     features = method.encode(inputs, present)   # once per batch: per-modality encoders
     output   = method.decode(features, mask)    # fusion + head for one mask per sample
     outputs  = method.decode_many(features, masks)  # every combination in masks (C, M) at once
+    method.add_teacher(output, features, mask, present)  # training, with model.distill
     loss     = method.loss(output, target, mask, present)  # present: what each sample has
 
 The engine, the evaluation and the CLI only use this interface; they never ask which method it is.
@@ -32,7 +33,7 @@ from dmrnet.errors import ConfigError, DmrnetError
 from dmrnet.methods.hcr import HardCombinationRegularizer
 from dmrnet.modalities import CombinationSampler, ModalitySet
 from dmrnet.nn import MaskedLinearFusion, Standardize, build_encoder
-from dmrnet.nn.heads import Head, HeadOutput, UnimodalExperts
+from dmrnet.nn.heads import Head, HeadOutput, UnimodalExperts, distillation_loss
 from dmrnet.registry import Registry
 from dmrnet.tasks import Task
 
@@ -218,6 +219,29 @@ class Method(nn.Module):
             output.logits = product
         return outputs
 
+    def add_teacher(
+        self, output: MethodOutput, features: Any, mask: torch.Tensor, present: torch.Tensor
+    ) -> None:
+        """Self-distillation (`model.distill`): in training, put the prediction from every
+        modality each sample has in `output.extras["teacher"]`, computed in evaluation mode (the
+        mean embedding, BatchNorm's running statistics) without gradient, with the rows whose
+        drawn `mask` misses one of them (the only ones the term teaches)."""
+        distill = getattr(self.config, "distill", None)  # families with an ExpertsSection
+        if distill is None or distill.weight == 0 or not self.training:
+            return
+        rows = (mask != present).any(1)
+        if not bool(rows.any()):
+            return
+        modes = [(module, module.training) for module in self.modules()]
+        try:
+            self.eval()
+            with torch.no_grad():
+                teacher = self.decode(features, present).logits
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        output.extras["teacher"], output.extras["teacher_rows"] = teacher, rows
+
     # -- the interface ----------------------------------------------------------------------
     def encode(
         self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor | None = None
@@ -282,6 +306,14 @@ class Method(nn.Module):
                 trained = present
             terms["unimodal"] = experts.loss(
                 output.extras["experts"], trained, target, self.task.per_sample_loss
+            )
+        if "teacher" in output.extras:
+            distill = self.config.distill
+            terms["distill"] = distill.weight * distillation_loss(
+                output.logits,
+                output.extras["teacher"],
+                output.extras["teacher_rows"],
+                distill.temperature,
             )
         combination = self.modalities.combination_index(mask)
         if self.training:

@@ -31,6 +31,10 @@ combination), and, in evaluation, a product of experts:
 masked mean of the same (B, M, K) tensor: the one-pass decode stays exact. The mixing weight w_S
 is one buffer entry per combination, the configured `mix` until it is fitted on validation
 (dmrnet.ensemble).
+
+Self-distillation (`model.distill`, the same families): in training, the prediction from every
+modality a sample has (evaluation mode, no gradient) teaches the prediction from its drawn subset,
+T^2 * KL at temperature T, on the samples whose subset misses a modality.
 """
 
 from __future__ import annotations
@@ -76,11 +80,39 @@ class ExpertsConfig(Strict):
         return self
 
 
+class DistillConfig(Strict):
+    """`model.distill`: self-distillation from each sample's full prediction to its subsets."""
+
+    weight: float = Field(
+        0.0, ge=0.0, description="weight of the distillation term (T^2 * KL); 0: off"
+    )
+    temperature: float = Field(2.0, gt=0.0, description="T of both softmaxes")
+
+
 class ExpertsSection(Strict):
-    """The `experts` section, in the schema of every family whose head gets unimodal experts
-    (the vector, dense and SURF families' DMRNet and ModDrop)."""
+    """The `experts` and `distill` sections (the dmrnet-plus options), in the schema of every
+    family whose head gets unimodal experts (the vector, dense and SURF families' DMRNet and
+    ModDrop)."""
 
     experts: ExpertsConfig = Field(default_factory=ExpertsConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the classes (axis 1), averaged
+    over the locations of maps and over the `rows` (B,) bool; 0 without any row (Hinton et al.,
+    "Distilling the knowledge in a neural network", 2015: the T^2 keeps the gradient's scale)."""
+    kl = F.kl_div(
+        F.log_softmax(student / temperature, 1),
+        F.log_softmax(teacher / temperature, 1),
+        reduction="none",
+        log_target=True,
+    ).sum(1)
+    per_sample = kl.flatten(1).mean(1) if kl.dim() > 1 else kl
+    weights = rows.to(per_sample.dtype)
+    return temperature**2 * (per_sample * weights).sum() / weights.sum().clamp(min=1)
 
 
 class DeterministicHeadConfig(Strict):
