@@ -52,7 +52,9 @@ class SamplerConfig(Strict):
     combination: str | None = None
 
 
-HCRRule = Literal["none", "unimodal-max", "fixed", "incomplete", "variance-by-size", "loss-topk"]
+HCRRule = Literal[
+    "none", "unimodal-max", "fixed", "incomplete", "variance-by-size", "loss-topk", "loss-weighted"
+]
 
 
 class HCRConfig(Strict):

@@ -80,6 +80,5 @@ class EpochLog(pl.Callback):
             parts.append("val " + " ".join(shown))
         hcr = getattr(getattr(pl_module, "method", None), "hcr", None)
         if hcr is not None and hcr.enabled:
-            names = hcr.hard_names()
-            parts.append(f"hard: {', '.join(names)}" if names else "hard: none yet")
+            parts.append(f"hard: {hcr.describe()}")
         return " | ".join(parts)

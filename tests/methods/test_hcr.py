@@ -118,3 +118,33 @@ def test_no_rule_means_no_loss_and_no_logs():
     assert feed_epoch(hcr, 0, torch.tensor([0]), torch.ones(1), torch.ones(1)) == {}
     assert hcr.loss(torch.tensor([0]), torch.ones(1)) is None
     assert not math.isnan(float(hcr.count.sum()))
+
+
+def test_loss_weighted_weighs_every_combination_by_its_running_loss_every_epoch():
+    hcr = regularizer("loss-weighted", warmup_epochs=1, weight=0.5)
+    combination = torch.tensor([0, 1, 1, 2])  # a, b, b, c
+    feed_epoch(hcr, 0, combination, torch.tensor([1.0, 2.0, 2.0, 3.0]), None)
+    assert hcr.hard_names() == ["a", "b", "c"]  # the combinations seen, unseen ones weigh 0
+    assert hcr.weights[:3].tolist() == pytest.approx([0.5, 1.0, 1.5])  # loss / mean loss (2.0)
+    assert hcr.weights[3:].sum() == 0
+    assert hcr.describe() == "weighted by loss, largest c x1.50, b x1.00, a x0.50"
+    hcr.start_epoch(1)
+    loss = torch.tensor([2.0, 4.0, 4.0, 8.0])
+    # beta * sum(weight * loss) / batch = 0.5 * (0.5 * 2 + 1 * 4 + 1 * 4 + 1.5 * 8) / 4
+    assert hcr.loss(combination, loss).item() == pytest.approx(0.5 * 21.0 / 4)
+    feed_epoch(hcr, 1, combination, torch.tensor([3.0, 1.0, 1.0, 2.0]), None)  # no reselect set
+    assert hcr.weights[:3].tolist() == pytest.approx([1.5, 0.5, 1.0])  # still follows the loss
+    assert hcr.summary()["weights"] == pytest.approx({"a": 1.5, "b": 0.5, "c": 1.0})
+
+
+def test_a_checkpoint_without_weights_gives_its_hard_combinations_weight_one():
+    hcr = regularizer("loss-topk", warmup_epochs=1)
+    feed_epoch(hcr, 0, torch.tensor([0, 1]), torch.tensor([1.0, 2.0]), None)
+    state = {k: v.clone() for k, v in hcr.state_dict().items() if k != "weights"}
+    resumed = regularizer("loss-topk", warmup_epochs=1)
+    resumed.load_state_dict(state)
+    assert resumed.weights.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    resumed.start_epoch(1)
+    assert resumed.loss(torch.tensor([0, 1]), torch.tensor([1.0, 2.0])).item() == pytest.approx(
+        0.2 * 2.0 / 2
+    )

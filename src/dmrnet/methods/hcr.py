@@ -20,8 +20,12 @@ mean task loss; at the end of the warm-up a *selection rule* picks the hard comb
                     grows with the number of modalities present (measured on four real data sets),
                     so ranking all combinations by it picks the full set, the easiest one.
 - ``loss-topk``     ours: the k combinations with the largest mean task loss.
+- ``loss-weighted`` ours, soft: every combination, weighted by its mean task loss over the mean
+                    of all combinations' (the weights average 1), recomputed from the running
+                    loss at the end of every epoch after the warm-up (it always reselects).
 
-With ``reselect`` the rule runs again at the end of every later epoch on that epoch's statistics.
+The other rules give each selected combination weight 1. With ``reselect`` the rule runs again at
+the end of every later epoch on that epoch's statistics.
 Statistics are summed across DDP processes before a selection, so every process picks the same.
 """
 
@@ -79,6 +83,8 @@ class HardCombinationRegularizer(nn.Module):
         self.register_buffer("loss_sum", torch.zeros(count, dtype=torch.float64))
         self.register_buffer("count", torch.zeros(count, dtype=torch.float64))
         self.register_buffer("hard", torch.zeros(count, dtype=torch.bool))
+        # Each combination's weight in the loss: 1 for the hard ones, or loss-weighted.
+        self.register_buffer("weights", torch.zeros(count))
         # The epoch being trained and the last epoch whose end was processed.
         self.register_buffer("epoch", torch.tensor(0))
         self.register_buffer("last_closed", torch.tensor(-1))
@@ -103,6 +109,18 @@ class HardCombinationRegularizer(nn.Module):
 
     def hard_names(self) -> list[str]:
         return [self.modalities.format(self.combinations[i]) for i in torch.nonzero(self.hard)]
+
+    def describe(self, shown: int = 3) -> str:
+        """The selection in a few words, for the logs: the hard combinations, or with soft
+        weights the `shown` largest."""
+        if self.config.rule != "loss-weighted" or not bool(self.hard.any()):
+            return ", ".join(self.hard_names()) or "none yet"
+        order = torch.argsort(self.weights, descending=True)[:shown]
+        largest = [
+            f"{self.modalities.format(self.combinations[i])} x{float(self.weights[i]):.2f}"
+            for i in order
+        ]
+        return f"weighted by loss, largest {', '.join(largest)}"
 
     # -- statistics -------------------------------------------------------------------------
     def observe(
@@ -132,7 +150,8 @@ class HardCombinationRegularizer(nn.Module):
     def select(
         self, variance: torch.Tensor, loss: torch.Tensor, count: torch.Tensor
     ) -> torch.Tensor:
-        """Apply the configured rule to per-combination statistics -> (C,) bool."""
+        """Apply the configured rule to per-combination statistics -> (C,) bool (for
+        `loss-weighted`: every combination seen; its weights come from `weigh`)."""
         rule, k = self.config.rule, self.config.k
         sizes = torch.tensor([len(c) for c in self.combinations])
         seen = count > 0
@@ -152,7 +171,17 @@ class HardCombinationRegularizer(nn.Module):
             hard[_top_k(relative, k)] = True
         elif rule == "loss-topk":
             hard[_top_k(torch.where(seen, loss, -torch.inf), k)] = True
+        elif rule == "loss-weighted":
+            hard = seen.clone()
         return hard
+
+    def weigh(self, hard: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """(C,) weights of the selected combinations in the loss: 1, or for `loss-weighted`
+        each one's mean loss over the mean of theirs."""
+        if self.config.rule != "loss-weighted" or not bool(hard.any()):
+            return hard.float()
+        relative = torch.where(hard, loss, 0.0) / loss[hard].mean()
+        return relative.float()
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         """Called before an epoch trains. Closes a window left open (a run resumed from a
@@ -178,13 +207,15 @@ class HardCombinationRegularizer(nn.Module):
                 if self.has_variance:
                     logs[f"hcr/variance/{name}"] = float(variance[index])
         last_warmup = self.config.warmup_epochs - 1
-        if epoch == last_warmup or (self.config.reselect and epoch > last_warmup):
+        reselect = self.config.reselect or self.config.rule == "loss-weighted"
+        if epoch == last_warmup or (reselect and epoch > last_warmup):
             self.hard.copy_(self.select(variance, loss, count))
+            self.weights.copy_(self.weigh(self.hard, loss))
             kept = (self.selection_variance, self.selection_loss, self.selection_count)
             for buffer, value in zip(kept, (variance, loss, count), strict=True):
                 buffer.copy_(value)
             self.selected_at.fill_(epoch)
-            log.info("epoch %d: hard combinations: %s", epoch, ", ".join(self.hard_names()))
+            log.info("epoch %d: hard combinations: %s", epoch, self.describe())
         if epoch >= last_warmup:
             # The warm-up window accumulates over all warm-up epochs; later windows are one epoch.
             for buffer in (self.variance_sum, self.loss_sum, self.count):
@@ -205,26 +236,36 @@ class HardCombinationRegularizer(nn.Module):
                     "loss": float(self.selection_loss[index]),
                     "variance": variance if self.has_variance else None,
                 }
-        return {
+        summary: dict[str, Any] = {
             "rule": self.config.rule,
             "selected": self.hard_names(),
             "selected_at_epoch": int(self.selected_at) if int(self.selected_at) >= 0 else None,
             "statistics": statistics,
         }
+        if self.config.rule == "loss-weighted":
+            summary["weights"] = {
+                self.modalities.format(self.combinations[i]): float(self.weights[i])
+                for i in torch.nonzero(self.hard)
+            }
+        return summary
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Checkpoints from before the selection statistics were kept load with them empty.
         for name in ("selection_variance", "selection_loss", "selection_count", "selected_at"):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        # ... and from before the weights: a hard combination weighs 1.
+        if prefix + "hard" in state_dict:
+            state_dict.setdefault(prefix + "weights", state_dict[prefix + "hard"].float())
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- loss -------------------------------------------------------------------------------
     def loss(self, combination: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor | None:
-        """beta * sum of the task loss over hard samples / batch size, or None while off."""
+        """beta * sum of the task loss over hard samples (times their combination's weight) /
+        batch size, or None while off."""
         if not self.active:
             return None
-        hard = self.hard.to(combination.device)[combination]
-        return self.config.weight * (per_sample * hard).sum() / per_sample.shape[0]
+        weights = self.weights.to(combination.device)[combination]
+        return self.config.weight * (per_sample * weights).sum() / per_sample.shape[0]
 
 
 def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
