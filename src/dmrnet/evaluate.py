@@ -428,6 +428,7 @@ class CombinationEvaluator(nn.Module):
         self.provides_variance = bool(method.provides_variance)
         self.register_buffer("masks", self.modalities.masks(self.combinations))  # (C, M)
         plain = calibration is None and not calibrating
+        self.plain = plain  # the task's own metrics (`make_metrics`), fed `task.metric_input`
         # One vectorized metric for all combinations when the task offers it, else one
         # torchmetrics collection per combination.
         self.combined = (
@@ -489,8 +490,12 @@ class CombinationEvaluator(nn.Module):
             return
         for index, output in enumerate(outputs):
             if bool(usable[index].any()):
+                rows = usable[index]
+                scores = output.logits[rows]
+                if self.plain:
+                    scores = method.task.metric_input(scores)
                 for metric in self.metrics[index].values():
-                    metric.update(output.logits[usable[index]], target[usable[index]])
+                    metric.update(scores, target[rows])
 
     def compute(self) -> list[CombinationResult]:
         sums = torch.stack([self.samples, self.variance_sum])

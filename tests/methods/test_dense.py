@@ -245,12 +245,16 @@ def test_miou_pixel_accuracy_and_per_class_iou_against_a_hand_computed_case():
     target = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 255]]])
     prediction = torch.tensor([[[0, 1, 1, 1], [0, 0, 0, 3]]])
     logits = torch.nn.functional.one_hot(prediction, 4).permute(0, 3, 1, 2).float()
-    metrics = task.make_metrics()
-    for metric in metrics.values():
-        metric.update(logits, target)
-    # class 0: tp 3, fp 1, fn 1 -> 3/5; class 1: tp 2, fp 1, fn 1 -> 2/4; classes 2, 3 absent
-    assert metrics["miou"].compute().item() == pytest.approx((3 / 5 + 2 / 4) / 2)
-    assert metrics["pixel_accuracy"].compute().item() == pytest.approx(5 / 7)
-    iou = metrics["iou"].compute().tolist()
-    assert iou[:2] == pytest.approx([3 / 5, 2 / 4]) and all(math.isnan(v) for v in iou[2:])
+    assert torch.equal(task.metric_input(logits), prediction)  # what the evaluator feeds them
+    for scores in (logits, task.metric_input(logits)):
+        metrics = task.make_metrics()
+        for metric in metrics.values():
+            metric.update(scores, target)
+        # class 0: tp 3, fp 1, fn 1 -> 3/5; class 1: tp 2, fp 1, fn 1 -> 2/4; classes 2, 3 absent
+        assert metrics["miou"].compute().item() == pytest.approx((3 / 5 + 2 / 4) / 2)
+        assert metrics["pixel_accuracy"].compute().item() == pytest.approx(5 / 7)
+        iou = metrics["iou"].compute().tolist()
+        assert iou[:2] == pytest.approx([3 / 5, 2 / 4]) and all(math.isnan(v) for v in iou[2:])
     assert task.predict(logits).shape == (1, 2, 4)
+    ties = torch.zeros(1, 4, 2, 2)  # every class ties: the first, as argmax
+    assert torch.equal(task.predict(ties), ties.argmax(1))
