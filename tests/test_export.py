@@ -39,8 +39,9 @@ def trained_run(tiny_run: Path) -> Path:
     return tiny_run
 
 
-def tiny_predictor(method: str) -> Predictor:
-    """A freshly built (untrained) `method` on a small spec of its task, in evaluation mode."""
+def tiny_predictor(method: str, **extra: Any) -> Predictor:
+    """A freshly built (untrained) `method` on a small spec of its task, in evaluation mode;
+    `extra`: more model fields."""
     tasks = METHODS.get(method).tasks
     if "segmentation" in tasks:
         spec = DataSpec(
@@ -85,7 +86,9 @@ def tiny_predictor(method: str) -> Predictor:
         }
     fields = METHODS.get(method).config_class.model_fields  # late-fusion has no embedding
     model = {key: value for key, value in model.items() if key in fields}
-    config = parse_config({"data": {"name": spec.name}, "model": {"method": method, **model}})
+    config = parse_config(
+        {"data": {"name": spec.name}, "model": {"method": method, **model, **extra}}
+    )
     torch.manual_seed(0)
     method_ = build_method(config.model, spec, build_task(spec)).eval()
     return Predictor(LoadedRun(method_, config, spec, Path("tiny.ckpt")))
@@ -159,6 +162,14 @@ def test_method_exports_and_agrees_with_predict_on_every_combination(method, fmt
     result = export(predictor, fmt, tmp_path / f"model{FORMATS[fmt].suffix}")
     combinations = len(predictor.modalities.combinations())
     assert result.combinations == combinations and result.max_difference <= TOLERANCE
+
+
+@SLOW
+def test_the_dense_product_of_experts_exports_to_onnx_and_agrees_with_predict(tmp_path):
+    experts = {"weight": 1.0, "ensemble": True, "mix": 0.7}
+    predictor = tiny_predictor("dmrnet-seg", experts=experts)
+    result = export(predictor, "onnx", tmp_path / "model.onnx")
+    assert result.combinations == 3 and result.max_difference <= TOLERANCE
 
 
 def test_every_registered_method_is_covered_or_known_not_exportable():
