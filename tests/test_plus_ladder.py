@@ -73,8 +73,10 @@ def test_a_ladder_rung_that_is_not_a_method_or_evaluation_is_a_one_line_error(tm
 def test_report_only_trains_nothing_and_reports_the_finished_runs(tmp_path, capsys):
     from dmrnet.cli import main
 
-    out = tmp_path / "bench"
+    out = tmp_path / ("long-folder-name-" * 5) / "bench"  # a path wider than the console
     args = ["bench", "quick", "--out", str(out), "--report-only", "--datasets", "handwritten"]
     assert main([*args, "--seeds", "0"]) == 0
     assert not (out / "runs").exists()  # nothing trained
     assert (out / "report.md").is_file() and (out / "results.json").is_file()
+    printed = capsys.readouterr().out
+    assert f"written: {out / 'report.md'}, {out / 'results.json'}" in printed  # unwrapped

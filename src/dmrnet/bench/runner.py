@@ -384,5 +384,6 @@ def run_bench(
         report = Path(report)
         figures = Path(figures) if figures is not None else report.parent / "figures"
         written += write_outputs(results, report, figures)
-    console.print("written: " + ", ".join(str(p) for p in written if p.suffix != ".png"))
+    files = ", ".join(str(p) for p in written if p.suffix != ".png")
+    console.print(f"written: {files}", soft_wrap=True, markup=False, highlight=False)  # copyable
     return results

@@ -307,7 +307,12 @@ def run_throughput(
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "report.md").write_text(throughput_markdown(results))
-    console.print(f"written: {out / 'report.md'}, {out / 'results.json'}")
+    console.print(
+        f"written: {out / 'report.md'}, {out / 'results.json'}",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
     return results
 
 
