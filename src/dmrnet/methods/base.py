@@ -2,9 +2,9 @@
 
     features = method.encode(inputs, present)   # once per batch: per-modality encoders
     output   = method.decode(features, mask)    # fusion + head for one mask per sample
-    outputs  = method.decode_many(features, masks)  # every combination in masks (C, M) at once
     method.add_teacher(output, features, mask, present)  # training, with model.distill
     loss     = method.loss(output, target, mask, present)  # present: what each sample has
+    outputs  = method.decode_many(features, masks)  # every combination in masks (C, M) at once
 
 The engine, the evaluation and the CLI only use this interface; they never ask which method it is.
 A method also owns its training-time modality sampler and its hard-combination regularizer, so a
