@@ -31,6 +31,11 @@ segmentation rule is `hcr: {rule: incomplete, weight: 0.5, warmup_epochs: 11}` w
 `auxiliary_decoder: true`: a second decoder, trained only on samples whose combination misses a
 modality, from epoch 11 on (the paper's code: `epoch > 10`). It regularizes the shared encoder and
 embedding; evaluation uses the main decoder.
+
+With unimodal experts (`model.experts`, dmrnet-plus) every branch also gets a light decoder of its
+own (`ExpertDecoder`) on its layer1..layer4 maps computed on its own input (with feedback the
+primary branch runs its stages a second time, on its own stem, for them); `encode` computes those
+maps, and the experts run once per batch for all combinations.
 """
 
 from __future__ import annotations
