@@ -223,9 +223,10 @@ class Method(nn.Module):
         self, output: MethodOutput, features: Any, mask: torch.Tensor, present: torch.Tensor
     ) -> None:
         """Self-distillation (`model.distill`): in training, put the prediction from every
-        modality each sample has in `output.extras["teacher"]`, computed in evaluation mode (the
-        mean embedding, BatchNorm's running statistics) without gradient, with the rows whose
-        drawn `mask` misses one of them (the only ones the term teaches)."""
+        modality each sample has in `output.extras["teacher"]`, decoded from the batch's features
+        (encoded once, in training mode) in evaluation mode (the mean embedding, BatchNorm's
+        running statistics, the product of experts when it is on) without gradient, with the rows
+        whose drawn `mask` misses one of them (the only ones the term teaches)."""
         distill = getattr(self.config, "distill", None)  # families with an ExpertsSection
         if distill is None or distill.weight == 0 or not self.training:
             return
