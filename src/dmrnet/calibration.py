@@ -314,15 +314,19 @@ def read_calibration(meta: Mapping[str, Any], modalities: ModalitySet) -> Calibr
     return None if data is None else Calibration.from_dict(data, modalities)
 
 
+def put_calibration(
+    checkpoint: dict[str, Any], calibration: Calibration, modalities: ModalitySet
+) -> None:
+    """Put `calibration` into a loaded checkpoint dict (replacing any earlier one)."""
+    checkpoint["dmrnet"]["calibration"] = calibration.to_dict(modalities)
+
+
 def store_calibration(path: str | Path, calibration: Calibration, modalities: ModalitySet) -> None:
     """Write `calibration` into the checkpoint file at `path` (replacing any earlier one)."""
     from dmrnet.files import update_checkpoint
 
-    def edit(checkpoint: dict[str, Any]) -> None:
-        checkpoint["dmrnet"]["calibration"] = calibration.to_dict(modalities)
-
     # Atomic, with the sha256 record beside the checkpoint updated (runs.read_checkpoint).
-    update_checkpoint(path, edit)
+    update_checkpoint(path, lambda checkpoint: put_calibration(checkpoint, calibration, modalities))
 
 
 # -- availability probabilities -------------------------------------------------------------------
@@ -375,6 +379,7 @@ __all__ = [
     "fit_temperatures",
     "parse_availability",
     "per_sample",
+    "put_calibration",
     "read_calibration",
     "store_calibration",
     "usable_samples",

@@ -39,7 +39,13 @@ from typing import Any
 
 import torch
 
-from dmrnet.calibration import Calibration, check_availability, read_calibration, store_calibration
+from dmrnet.calibration import (
+    Calibration,
+    check_availability,
+    put_calibration,
+    read_calibration,
+    store_calibration,
+)
 from dmrnet.checks import check_splits
 from dmrnet.config import Config, apply_overrides, parse_config, read_yaml
 from dmrnet.data import DataSplits, build_data
@@ -387,7 +393,7 @@ def _store_fitted(checkpoint: dict[str, Any], method: Method, report: Evaluation
         state = {f"method.{key}": value for key, value in method.state_dict().items()}
         checkpoint["state_dict"].update(state)
     if report.calibration is not None:
-        checkpoint["dmrnet"]["calibration"] = report.calibration.to_dict(method.modalities)
+        put_calibration(checkpoint, report.calibration, method.modalities)
 
 
 def write_reports(run: RunPlan, loaded: LoadedRun, report: EvaluationReport) -> None:
