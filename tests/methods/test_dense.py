@@ -115,7 +115,10 @@ def test_each_dense_expert_decodes_its_own_modality_alone_once_for_all_combinati
     mask = torch.tensor([[True, True], [True, False], [False, True], [True, True]])
     experts = model.decode(model.encode(inputs, present), mask).extras["experts"]
     assert experts.shape == (4, 2, CLASSES, 36, 44)  # (B, M, K, H, W) at the input size
-    model.eval()  # (BatchNorm in the branches) each expert changes with its own input only
+    model.eval()
+    assert model.encode(inputs, present).own is None  # no product: no experts, no own pass
+    model.experts.ensemble = True
+    # (BatchNorm of the branches in evaluation) each expert changes with its own input only
     before = model.experts(model.encode(inputs, present).own, (36, 44))
     for index, name in enumerate(("rgb", "depth")):
         other = dict(inputs, **{name: torch.rand_like(inputs[name])})
@@ -124,7 +127,6 @@ def test_each_dense_expert_decodes_its_own_modality_alone_once_for_all_combinati
         assert torch.equal(before[:, 1 - index], after[:, 1 - index])
     calls = []
     model.experts.register_forward_hook(lambda *_: calls.append(1))
-    model.experts.ensemble = True
     masks = spec.modalities.masks(spec.modalities.combinations())
     model.decode_many(model.encode(inputs, present), masks)
     assert len(calls) == 1  # not once per combination

@@ -183,10 +183,16 @@ class Method(nn.Module):
         head = getattr(self, "head", None)
         return None if head is None else head.experts
 
+    @property
+    def experts_in_use(self) -> bool:
+        """Whether this forward pass needs the experts: to train them, or for the product."""
+        experts = self.experts
+        return experts is not None and (self.training or experts.ensemble)
+
     def with_experts(
         self,
         output: MethodOutput,
-        per_modality: Sequence[Any],
+        per_modality: Sequence[Any] | None,
         mask: torch.Tensor,
         size: tuple[int, int] | None = None,
     ) -> MethodOutput:
@@ -197,15 +203,17 @@ class Method(nn.Module):
     def with_experts_many(
         self,
         outputs: list[MethodOutput],
-        per_modality: Sequence[Any],
+        per_modality: Sequence[Any] | None,
         masks: torch.Tensor,
         size: tuple[int, int] | None = None,
     ) -> list[MethodOutput]:
         """`with_experts` for the outputs of several masks (C, M) or (C, B, M): the experts run
-        once, each combination's product is a masked mean of their logits."""
+        once, each combination's product is a masked mean of their logits. `per_modality` may be
+        None when the experts are not in use (`experts_in_use`)."""
         experts = self.experts
-        if experts is None or not (self.training or experts.ensemble):
+        if experts is None or not self.experts_in_use:
             return outputs
+        assert per_modality is not None, "the experts are in use: encode gives their features"
         logits = experts(per_modality, size)
         if self.training:
             if masks.dim() == 2:  # (C, M): the same mask for every sample

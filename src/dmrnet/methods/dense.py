@@ -463,7 +463,7 @@ class DenseFusionMethod(Method):
                     levels.append(run_on_rows(stage, levels[-1], rows, self.training))
             maps.append(levels)
         own = None
-        if self.experts is not None:
+        if self.experts_in_use:  # not in evaluation without the product: no second pass
             own = [levels[1:] for levels in maps]
             if self.feedback:
                 rows = None if present is None else present[:, self.primary]
@@ -495,8 +495,6 @@ class DenseFusionMethod(Method):
 
     def decode(self, features: BranchMaps, mask: torch.Tensor) -> MethodOutput:
         output = self.decode_fused(features, mask)
-        if features.own is None:
-            return output
         return self.with_experts(output, features.own, mask, size=features.size)
 
     def decode_many(self, features: BranchMaps, masks: torch.Tensor) -> list[MethodOutput]:
@@ -504,8 +502,6 @@ class DenseFusionMethod(Method):
         the mask, run once for all of them."""
         batch = features.batch
         outputs = [self.decode_fused(features, mask.expand(batch, -1)) for mask in masks]
-        if features.own is None:
-            return outputs
         return self.with_experts_many(outputs, features.own, masks, size=features.size)
 
     def decode_fused(self, features: BranchMaps, mask: torch.Tensor) -> MethodOutput:
