@@ -101,6 +101,11 @@ class HardCombinationRegularizer(nn.Module):
         return self.config.rule != "none" and self.config.weight > 0
 
     @property
+    def soft(self) -> bool:
+        """Weights from the running loss (`loss-weighted`) instead of 1 per hard combination."""
+        return self.config.rule == "loss-weighted"
+
+    @property
     def active(self) -> bool:
         """True once the warm-up is over and something was selected."""
         return (
@@ -113,7 +118,7 @@ class HardCombinationRegularizer(nn.Module):
     def describe(self, shown: int = 3) -> str:
         """The selection in a few words, for the logs: the hard combinations, or with soft
         weights the `shown` largest."""
-        if self.config.rule != "loss-weighted" or not bool(self.hard.any()):
+        if not self.soft or not bool(self.hard.any()):
             return ", ".join(self.hard_names()) or "none yet"
         order = torch.argsort(self.weights, descending=True)[:shown]
         largest = [
@@ -178,7 +183,7 @@ class HardCombinationRegularizer(nn.Module):
     def weigh(self, hard: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """(C,) weights of the selected combinations in the loss: 1, or for `loss-weighted`
         each one's mean loss over the mean of theirs."""
-        if self.config.rule != "loss-weighted" or not bool(hard.any()):
+        if not self.soft or not bool(hard.any()):
             return hard.float()
         relative = torch.where(hard, loss, 0.0) / loss[hard].mean()
         return relative.float()
@@ -207,7 +212,7 @@ class HardCombinationRegularizer(nn.Module):
                 if self.has_variance:
                     logs[f"hcr/variance/{name}"] = float(variance[index])
         last_warmup = self.config.warmup_epochs - 1
-        reselect = self.config.reselect or self.config.rule == "loss-weighted"
+        reselect = self.config.reselect or self.soft
         if epoch == last_warmup or (reselect and epoch > last_warmup):
             self.hard.copy_(self.select(variance, loss, count))
             self.weights.copy_(self.weigh(self.hard, loss))
@@ -242,7 +247,7 @@ class HardCombinationRegularizer(nn.Module):
             "selected_at_epoch": int(self.selected_at) if int(self.selected_at) >= 0 else None,
             "statistics": statistics,
         }
-        if self.config.rule == "loss-weighted":
+        if self.soft:
             summary["weights"] = {
                 self.modalities.format(self.combinations[i]): float(self.weights[i])
                 for i in torch.nonzero(self.hard)
