@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from dmrnet.config import SchedulerConfig, parse_config
-from dmrnet.engine import LitMethod, lr_factor
+from dmrnet.engine import LitMethod, all_finite, lr_factor
 from dmrnet.errors import CheckpointError, ConfigError, DataError
 from dmrnet.runs import evaluate_run, load_checkpoint, train
 
@@ -22,6 +22,22 @@ def test_schedules_with_warm_up():
     cosine = SchedulerConfig(name="cosine")
     assert lr_factor(0, cosine, 10) == 1.0 and lr_factor(5, cosine, 10) == pytest.approx(0.5)
     assert lr_factor(7, SchedulerConfig(name="none"), 10) == 1.0
+
+
+def test_all_finite_finds_one_bad_element_and_is_not_fooled_by_an_overflowing_sum():
+    tensors = [torch.randn(64, 32), torch.randn(32), torch.randn(3, 3, 8, 8, dtype=torch.float64)]
+    assert all_finite(tensors)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index in range(len(tensors)):
+            broken = [t.clone() for t in tensors]
+            broken[index].view(-1)[5] = bad
+            assert not all_finite(broken)
+    # Every element finite, but their float32 sum overflows: still finite.
+    huge = torch.full((4,), 3e38)
+    assert not bool(huge.sum().isfinite()) and all_finite([*tensors, huge])
+    # +inf and -inf in one tensor sum to NaN: still caught.
+    both = torch.tensor([float("inf"), -float("inf"), 1.0])
+    assert not all_finite([both])
 
 
 def metrics_rows(run_dir):
