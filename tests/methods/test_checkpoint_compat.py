@@ -13,7 +13,8 @@ tensor per dtype (`pack`), and the torch.save file is xz-compressed (the many mo
 which are what changed, compress well): about 65 KB. Today's code must
 (1) load that state_dict (module names changed; `Method.legacy_state_keys` maps them) and predict
 the same logits, (2) reproduce the same training from seed 0: parameter creation order, hence the
-random initialization, is unchanged, and (3) parse the saved config (fields a family no longer
+random initialization, is unchanged (both to float rounding, `assert_same`), and (3) parse the
+saved config (fields a family no longer
 has: `ModelConfig.retired_fields`).
 Only APIs that both versions have are used here.
 """
@@ -38,6 +39,7 @@ from dmrnet.tasks import build_task
 
 # Recorded with one thread; a reduction split over several threads rounds differently.
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 FIXTURE = Path(__file__).with_name("legacy_checkpoints.pt.xz")
 BATCH = 4
 VECTOR = {
@@ -155,6 +157,17 @@ def unpack(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state
 
 
+def assert_same(new: torch.Tensor, old: torch.Tensor, name: str = "") -> None:
+    """Equal up to float rounding: the CPU's convolution kernels are chosen per instruction set
+    (oneDNN), so the dense and SURF networks reproduce the recorded values to about 1e-7 on
+    another machine, not bit for bit. A changed initialization, layer or update differs by far
+    more than the tolerance (order 1e-2 and up)."""
+    if new.is_floating_point():
+        torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    else:
+        assert torch.equal(new, old), name
+
+
 @pytest.fixture(scope="module")
 def legacy() -> dict[str, Any]:
     records = torch.load(io.BytesIO(lzma.decompress(FIXTURE.read_bytes())), weights_only=True)
@@ -170,7 +183,7 @@ def test_a_checkpoint_of_the_previous_version_loads_and_predicts_the_same(legacy
     model.load_state_dict(legacy[method]["state"])
     batch = batch_for(model.spec)
     for new, old in zip(predict(model, batch), legacy[method]["logits"], strict=True):
-        assert torch.equal(new, old)
+        assert_same(new, old)
 
 
 @pytest.mark.parametrize("method", sorted(FIELDS))
@@ -182,9 +195,9 @@ def test_the_same_seed_gives_the_same_model_and_training_as_the_previous_version
     # are filled in when an old checkpoint loads).
     assert set(old) <= set(state), sorted(set(old) - set(state))
     for key in old:
-        assert torch.equal(state[key], old[key]), key
+        assert_same(state[key], old[key], key)
     for new, previous in zip(logits, legacy[method]["logits"], strict=True):
-        assert torch.equal(new, previous)
+        assert_same(new, previous)
 
 
 @pytest.mark.parametrize("method", sorted(FIELDS))
