@@ -14,8 +14,7 @@ which are what changed, compress well): about 65 KB. Today's code must
 (1) load that state_dict (module names changed; `Method.legacy_state_keys` maps them) and predict
 the same logits, (2) reproduce the same training from seed 0: parameter creation order, hence the
 random initialization, is unchanged (both to float rounding, `assert_same`), and (3) parse the
-saved config (fields a family no longer
-has: `ModelConfig.retired_fields`).
+saved config (fields a family no longer has: `ModelConfig.retired_fields`).
 Only APIs that both versions have are used here.
 """
 
@@ -39,7 +38,6 @@ from dmrnet.tasks import build_task
 
 # Recorded with one thread; a reduction split over several threads rounds differently.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 FIXTURE = Path(__file__).with_name("legacy_checkpoints.pt.xz")
 BATCH = 4
 VECTOR = {
@@ -161,11 +159,9 @@ def assert_same(new: torch.Tensor, old: torch.Tensor, name: str = "") -> None:
     """Equal up to float rounding: the CPU's convolution kernels are chosen per instruction set
     (oneDNN), so the dense and SURF networks reproduce the recorded values to about 1e-7 on
     another machine, not bit for bit. A changed initialization, layer or update differs by far
-    more than the tolerance (order 1e-2 and up)."""
-    if new.is_floating_point():
-        torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
-    else:
-        assert torch.equal(new, old), name
+    more than the tolerance (order 1e-2 and up). Integer tensors differ by at least 1, so they
+    must be equal."""
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.fixture(scope="module")
